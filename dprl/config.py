@@ -1,0 +1,103 @@
+"""The one typed configuration object, validated once at start.
+
+The CLI fills it from flags, env vars and an INI file (``cli.py``); the library fills it
+from keyword arguments. Every check lives in ``validate`` so both paths agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .hosts import normalize_host_spec, parse_port, split_authority
+
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+
+
+@dataclass
+class Config:
+    port: int = 8080
+    bind: str = "0.0.0.0"
+    max_connections: int = 0  # default per-host cap; 0 = unlimited
+    host_limits: dict[str, int] = field(default_factory=dict)
+    log_level: str = "info"
+    redis_addr: str = ""
+    redis_password: str = ""
+    redis_db: int = 0
+    connect_timeout: float = 10.0  # upstream dial, including name resolution
+    header_timeout: float = 30.0  # a client's whole request head must arrive within this
+    idle_timeout: float = 60.0  # keep-alive idle, and the longest stall in a request body
+    shutdown_timeout: float = 10.0
+    max_request_line: int = 8192
+    max_header_size: int = 65536
+    max_header_count: int = 100
+    max_clients: int = 10000
+    refusal_log_interval: float = 10.0
+
+    def validate(self) -> Config:
+        """Raise ConfigError (one line, for a user) on the first invalid value."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if not self.bind:
+            raise ConfigError("bind address must not be empty")
+        if self.max_connections < 0:
+            raise ConfigError(f"max-connections must be 0 (unlimited) or more, got {self.max_connections}")
+        limits: dict[str, int] = {}
+        for host, limit in self.host_limits.items():
+            try:
+                key = normalize_host_spec(host)
+            except ValueError as exc:
+                raise ConfigError(f"host limit {host!r}: {exc}") from None
+            if limit < 0:
+                raise ConfigError(f"host limit for {host!r} must be 0 or more, got {limit}")
+            limits[key] = limit
+        self.host_limits = limits
+        level = self.log_level.lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"log-level must be one of debug, info, warn, error; got {self.log_level!r}")
+        self.log_level = level
+        if self.redis_addr:
+            try:
+                split_authority(self.redis_addr, 6379)
+            except ValueError as exc:
+                raise ConfigError(f"redis-addr must be host:port: {exc}") from None
+        if self.redis_db < 0:
+            raise ConfigError(f"redis-db must be 0 or more, got {self.redis_db}")
+        for name in ("connect_timeout", "header_timeout", "idle_timeout", "refusal_log_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be more than 0, got {getattr(self, name)}")
+        if self.shutdown_timeout < 0:
+            raise ConfigError(f"shutdown-timeout must be 0 or more, got {self.shutdown_timeout}")
+        for name in ("max_request_line", "max_header_size", "max_header_count", "max_clients"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        return self
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes).validate()
+
+
+def parse_host_limit(text: str) -> tuple[str, int]:
+    """``HOST=N`` as written on the command line, in env vars and in the INI file."""
+    host, sep, number = text.partition("=")
+    host, number = host.strip(), number.strip()
+    if not sep or not host or not number.isdigit():
+        raise ConfigError(f"host limit must be HOST=N with N a whole number, got {text!r}")
+    try:
+        return normalize_host_spec(host), int(number)
+    except ValueError as exc:
+        raise ConfigError(f"host limit {text!r}: {exc}") from None
+
+
+def parse_host_limits(text: str) -> dict[str, int]:
+    """Comma-separated ``HOST=N`` pairs (``DPRL_HOST_LIMITS``)."""
+    limits: dict[str, int] = {}
+    for item in text.split(","):
+        if item.strip():
+            host, limit = parse_host_limit(item)
+            limits[host] = limit
+    return limits
+
+
+__all__ = ["Config", "parse_host_limit", "parse_host_limits", "parse_port"]

@@ -1,0 +1,42 @@
+"""In-memory limiter: one process, counters in a dict.
+
+All acquires and releases run in the one hub thread that serves the proxy, and neither
+yields to another greenlet, so no lock is needed; other threads only read counts.
+"""
+
+from __future__ import annotations
+
+from .errors import LimitExceeded
+from .hosts import HostKey, HostLimits
+from .limiter import Limiter, Slot
+
+
+class MemoryLimiter(Limiter):
+    def __init__(self, limits: HostLimits) -> None:
+        super().__init__(limits)
+        self._counts: dict[HostKey, int] = {}
+
+    def acquire(self, host: HostKey) -> Slot:
+        current = self._counts.get(host, 0)
+        limit = self.limits.limit_for(host)
+        if limit and current >= limit:
+            raise LimitExceeded(host, limit)
+        self._counts[host] = current + 1
+        return Slot(host, self._release)
+
+    def _release(self, host: HostKey) -> None:
+        remaining = self._counts[host] - 1
+        if remaining:
+            self._counts[host] = remaining
+        else:
+            del self._counts[host]
+
+    def active(self, host: HostKey) -> int:
+        return self._counts.get(host, 0)
+
+    def active_hosts(self) -> dict[HostKey, int]:
+        return dict(self._counts)
+
+    @property
+    def mode(self) -> str:
+        return "local"

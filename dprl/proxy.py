@@ -1,0 +1,196 @@
+"""ProxyRateLimiter: the proxy as a library, in a gevent program or a plain threaded one.
+
+In a monkey-patched program the server runs as greenlets in the caller's hub. Otherwise
+``start`` runs it in a background thread with its own gevent hub, so a program that never
+imports gevent (``requests`` from the main thread) can still embed the proxy. Limits may
+be changed from any thread: each change replaces a dict, so readers never see half of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+import gevent
+import gevent.event
+from gevent import monkey
+
+from .config import Config
+from .hosts import HostLimits, normalize_host_spec
+from .limiter import Limiter
+from .memory_limiter import MemoryLimiter
+from .server import ProxyServer
+
+DEFAULT_LOGGER = "dprl"
+
+
+def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Limiter:
+    """The limiter the configuration asks for: in memory unless Redis is configured."""
+    return MemoryLimiter(limits)
+
+
+class ProxyRateLimiter:
+    """An HTTP(S) forward proxy capping concurrent upstream connections per host.
+
+    ``port=0`` picks a free port; ``proxy_url`` tells which one after ``start()``.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        max_connections_per_host: int = 0,
+        logger: logging.Logger | None = None,
+        *,
+        bind: str = "127.0.0.1",
+        host_limits: Mapping[str, int] | None = None,
+        config: Config | None = None,
+        **settings: object,
+    ) -> None:
+        if config is None:
+            config = Config(
+                port=port,
+                bind=bind,
+                max_connections=max_connections_per_host,
+                host_limits=dict(host_limits or {}),
+                **settings,  # type: ignore[arg-type]
+            )
+        self.config = config.validate()
+        self.log = logger or logging.getLogger(DEFAULT_LOGGER)
+        self.limits = HostLimits(self.config.max_connections, self.config.host_limits)
+        self.limiter = make_limiter(self.config, self.limits, self.log)
+        self._server: ProxyServer | None = None
+        self._thread: threading.Thread | None = None
+        self._hub: gevent.hub.Hub | None = None
+        self._stop_requested: gevent.event.Event | None = None
+        self._done = gevent.event.Event()
+        self._serving = False
+        self._stop_timeout: float | None = None
+        self._start_error: BaseException | None = None
+
+    # limits ----------------------------------------------------------------------------
+    def set_default_max_connections_per_host(self, limit: int) -> None:
+        self.limits.set_default(limit)
+
+    def set_host_limit(self, host: str, limit: int) -> None:
+        """Cap ``host`` at ``limit``; 0 or less removes the override (the default applies)."""
+        self.limits.set(host, limit)
+
+    def set_host_limits(self, limits: Mapping[str, int]) -> None:
+        """Replace every per-host override at once."""
+        self.limits.replace(limits)
+
+    def remove_host_limit(self, host: str) -> None:
+        self.limits.remove(host)
+
+    def active_connections_for_host(self, host: str) -> int:
+        return self.limiter.active(normalize_host_spec(host))
+
+    # lifecycle -------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the proxy is not started")
+        return self._server.server_port
+
+    @property
+    def proxy_url(self) -> str:
+        host = self.config.bind
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> ProxyRateLimiter:
+        """Start serving in the background and return once the port is listening."""
+        if self._server is not None:
+            raise RuntimeError("the proxy is already started")
+        if monkey.is_module_patched("socket"):
+            self._build_server()
+            return self
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="dprl-proxy", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._start_error is not None:
+            error, self._start_error = self._start_error, None
+            self._thread.join()
+            self._thread = None
+            raise error
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until ``stop()`` (the reference's ListenAndServe)."""
+        if self._server is None:
+            self._build_server()
+        self._serve_until_stopped()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, let open connections finish up to ``timeout`` s, then close them."""
+        if timeout is not None:
+            self._stop_timeout = timeout
+        if self._server is None or self._stop_requested is None:
+            return
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            assert self._hub is not None
+            self._hub.loop.run_callback_threadsafe(self._stop_requested.set)
+            self._thread.join()
+            self._thread = None
+        elif self._serving:
+            self._stop_requested.set()
+            self._done.wait()
+        else:
+            self._shutdown()
+
+    def __enter__(self) -> ProxyRateLimiter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # internals -------------------------------------------------------------------------
+    def _build_server(self) -> None:
+        server = ProxyServer(self.config, self.limiter, self.log)
+        server.start()
+        self._hub = gevent.get_hub()
+        self._stop_requested = gevent.event.Event()
+        self._done = gevent.event.Event()
+        self._server = server
+        c = self.config
+        self.log.info(
+            "dprl listening on %s:%d mode=%s max-connections=%s host-limits=%s",
+            c.bind,
+            server.server_port,
+            self.limiter.mode,
+            c.max_connections or "unlimited",
+            ",".join(f"{h}={n}" for h, n in sorted(self.limits.overrides().items())) or "none",
+        )
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        try:
+            self._build_server()
+        except BaseException as exc:  # re-raised in the thread that called start()
+            self._start_error = exc
+            ready.set()
+            return
+        ready.set()
+        self._serve_until_stopped()
+
+    def _serve_until_stopped(self) -> None:
+        assert self._stop_requested is not None
+        self._serving = True
+        try:
+            self._stop_requested.wait()
+        finally:
+            self._serving = False
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(self._stop_timeout)
+            self.log.info("dprl stopped")
+        self._done.set()

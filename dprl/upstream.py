@@ -1,0 +1,139 @@
+"""Opening the upstream TCP connection: resolve (never for IP literals), dial, tune.
+
+Failures become UpstreamError with the status the client should see: 502 when the name
+does not resolve or the dial is refused, 504 when it does not complete in time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket as _stdlib_socket
+import time
+
+import gevent
+from gevent import socket
+
+from .endpoint import Endpoint
+from .errors import UpstreamError
+from .limiter import Limiter, Slot
+
+
+def dial(host: str, port: int, timeout: float) -> socket.socket:
+    """Connect to ``host`` (normalised: IPv6 in brackets) within ``timeout`` seconds."""
+    bare = host[1:-1] if host.startswith("[") else host
+    timer = gevent.Timeout(timeout)
+    timer.start()
+    try:
+        try:
+            # gevent's resolver is a thread-pool round trip even for literals: skip it.
+            addr = ipaddress.ip_address(bare)
+            family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+            candidates = [(family, (bare, port))]
+        except ValueError:
+            candidates = _resolve(bare, port)
+        last_error: OSError | None = None
+        for family, sockaddr in candidates:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.connect(sockaddr)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        reason = (last_error.strerror or str(last_error)) if last_error else "no address"
+        raise UpstreamError(f"cannot connect to {host}:{port}: {reason}", 502)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504) from None
+    finally:
+        timer.close()
+
+
+def _resolve(name: str, port: int) -> list[tuple[int, tuple]]:
+    try:
+        infos = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except (_stdlib_socket.gaierror, UnicodeError) as exc:
+        raise UpstreamError(f"cannot resolve {name}: {exc}", 502) from None
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+class UpstreamConnection:
+    """An upstream socket together with the slot it holds.
+
+    ``close`` shuts the socket and releases the slot exactly once, and writes the
+    connection-tracker line (host, client, duration, bytes each way) at debug level.
+    """
+
+    __slots__ = ("host", "port", "key", "slot", "endpoint", "opened", "client", "_log")
+
+    def __init__(
+        self, host: str, port: int, slot: Slot, sock: socket.socket, client: str, log: logging.Logger
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.key = slot.host
+        self.slot = slot
+        self.endpoint = Endpoint(sock, "upstream")
+        self.opened = time.monotonic()
+        self.client = client
+        self._log = log
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("upstream open host=%s client=%s target=%s:%d", self.key, client, host, port)
+
+    @classmethod
+    def open(
+        cls,
+        limiter: Limiter,
+        host: str,
+        port: int,
+        key: str,
+        timeout: float,
+        client: str,
+        log: logging.Logger,
+    ) -> UpstreamConnection:
+        """Take a slot for ``key``, then dial; the slot is given back if the dial fails."""
+        slot = limiter.acquire(key)
+        try:
+            sock = dial(host, port, timeout)
+        except BaseException:
+            slot.release()
+            raise
+        return cls(host, port, slot, sock, client, log)
+
+    def is_stale(self) -> bool:
+        """True if the upstream closed (or sent unsolicited bytes) while we were idle."""
+        sock = self.endpoint.sock
+        if self.endpoint.buf:
+            return True
+        sock.settimeout(0.0)
+        try:
+            sock.recv(1, socket.MSG_PEEK)
+            return True  # EOF or bytes nobody asked for: either way, not reusable
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(None)
+
+    def close(self) -> None:
+        if self.slot.released:
+            return
+        try:
+            self.endpoint.sock.close()
+        finally:
+            self.slot.release()
+        if self._log.isEnabledFor(logging.DEBUG):
+            ep = self.endpoint
+            self._log.debug(
+                "upstream close host=%s client=%s duration=%.3fs sent=%d received=%d",
+                self.key,
+                self.client,
+                time.monotonic() - self.opened,
+                ep.bytes_out,
+                ep.bytes_in,
+            )

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dprl",
+    version="0.1.0",
+    description="HTTP(S) forward proxy that caps concurrent upstream connections per host, locally or fleet-wide through Redis",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dprl", "dprl.*"]),
+    package_data={"dprl": ["lua/*.lua"]},
+    install_requires=[
+        "gevent>=24.2",
+        "redis>=5.0",
+        "configargparse>=1.7",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "requests>=2.31",
+            "trustme>=1.1",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["dprl = dprl.cli:main"]},
+)

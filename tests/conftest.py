@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import trustme
+
+from dprl import ProxyRateLimiter
+
+from .upstream import CountingUpstream, EchoServer
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; for state another thread changes without an event."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def assert_no_slots(proxy: ProxyRateLimiter) -> None:
+    wait_for(lambda: not proxy.limiter.active_hosts(), what="all slots released")
+
+
+@pytest.fixture
+def upstream() -> Iterator[CountingUpstream]:
+    server = CountingUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def echo_server() -> Iterator[EchoServer]:
+    server = EchoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_upstream(ca: trustme.CA) -> Iterator[CountingUpstream]:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    server = CountingUpstream(tls=context).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Callable[..., ProxyRateLimiter]]:
+    """Start proxies in this process (background-thread mode); leak-check each one after."""
+    started: list[ProxyRateLimiter] = []
+
+    def make(max_connections_per_host: int = 0, **settings: object) -> ProxyRateLimiter:
+        settings.setdefault("connect_timeout", 2.0)
+        settings.setdefault("shutdown_timeout", 2.0)
+        proxy = ProxyRateLimiter(0, max_connections_per_host, logging.getLogger("dprl.test"), **settings)
+        started.append(proxy.start())
+        return proxy
+
+    yield make
+    try:
+        for proxy in started:
+            assert_no_slots(proxy)
+    finally:
+        for proxy in started:
+            proxy.stop(timeout=2)
+    for proxy in started:
+        assert not proxy.limiter.active_hosts(), f"slots left after stop: {proxy.limiter.active_hosts()}"
+
+
+@pytest.fixture
+def proxy(make_proxy: Callable[..., ProxyRateLimiter]) -> ProxyRateLimiter:
+    return make_proxy()
+
+
+def proxy_connect(proxy: ProxyRateLimiter, target: str) -> tuple[socket.socket, bytes]:
+    """Open a CONNECT tunnel by hand; returns the socket and the proxy's response head."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    return sock, read_head(sock)
+
+
+def read_head(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to the proxy and read until it closes (or times out)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out

@@ -1,0 +1,202 @@
+"""Test upstreams: real servers on loopback that count their concurrent connections.
+
+``CountingUpstream`` is an HTTP/1.1 server (optionally TLS) whose ``/hold`` requests wait
+until ``release()``, so a test can fill the cap and check it at the upstream itself.
+``EchoServer`` is a raw TCP server for tunnels: it reads until EOF, then answers.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+BLOCK = b"x" * 65536
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: CountingUpstream
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return bytes(data)
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_one_request(self) -> None:  # noqa: C901 (a dispatch table in disguise)
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if not self.parse_request():
+            return
+        self.server.requests.append((self.command, self.path, dict(self.headers.items())))
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        path = url.path
+        body = self._body()
+        if path == "/hold":
+            self.server.gate.wait(30)
+            self._reply(200, b"held")
+        elif path == "/echo":
+            lines = [f"{k}: {v}" for k, v in self.headers.items()]
+            reply = (f"{self.command} {self.path}\n" + "\n".join(lines) + "\n\n").encode() + body
+            self._reply(200, reply)
+        elif path == "/bytes":
+            total = int(query.get("n", "0"))
+            self.send_response(200)
+            self.send_header("Content-Length", str(total))
+            self.end_headers()
+            while total:
+                piece = BLOCK[: min(total, len(BLOCK))]
+                self.wfile.write(piece)
+                total -= len(piece)
+        elif path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(int(query.get("count", "3"))):
+                piece = f"chunk-{i};".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\nX-Trailer: done\r\n\r\n")
+        elif path == "/close":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"until-close body")
+            self.close_connection = True
+        elif path == "/no-content":
+            self.send_response(204)
+            self.end_headers()
+        elif path == "/reset":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"partial")
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.close()
+            self.close_connection = True
+        elif path == "/drop":  # close without answering
+            self.connection.close()
+            self.close_connection = True
+        else:
+            self._reply(200, b"ok:" + path.encode())
+        self.wfile.flush()
+
+
+class CountingUpstream(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
+        self.tls = tls
+        self.gate = threading.Event()
+        self.requests: list[tuple[str, str, dict]] = []
+        self._lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.connections = 0
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def start(self) -> CountingUpstream:
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def wait_active(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.active < count:
+            assert time.monotonic() < deadline, f"upstream saw {self.active} connections, expected {count}"
+            time.sleep(0.005)
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        with self._lock:
+            self.active += 1
+            self.connections += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            if self.tls is not None:
+                try:
+                    request = self.tls.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def stop(self) -> None:
+        self.gate.set()
+        self.shutdown()
+        self.server_close()
+
+
+class EchoServer:
+    """Raw TCP: reads until the client half-closes, then sends ``reply + data`` and closes."""
+
+    def __init__(self, reply: bytes = b"echo:") -> None:
+        self.reply = reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            data = bytearray()
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(self.reply + bytes(data))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            with self._lock:
+                self.active -= 1
+
+    def stop(self) -> None:
+        self.sock.close()
