@@ -21,6 +21,7 @@ from .hosts import HostLimits, normalize_host_spec
 from .limiter import Limiter
 from .memory_limiter import MemoryLimiter
 from .server import ProxyServer
+from .upstream import Resolver
 
 DEFAULT_LOGGER = "dprl"
 
@@ -45,8 +46,14 @@ class ProxyRateLimiter:
         bind: str = "127.0.0.1",
         host_limits: Mapping[str, int] | None = None,
         config: Config | None = None,
+        resolver: Resolver | None = None,
         **settings: object,
     ) -> None:
+        """``settings`` are any other Config fields (``connect_timeout=5``...).
+
+        ``resolver(name, port) -> [(family, sockaddr), ...]`` replaces the system resolver
+        for upstream names (service discovery, or a fixed map); IP literals never use it.
+        """
         if config is None:
             config = Config(
                 port=port,
@@ -57,6 +64,7 @@ class ProxyRateLimiter:
             )
         self.config = config.validate()
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
+        self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits)
         self.limiter = make_limiter(self.config, self.limits, self.log)
         self._server: ProxyServer | None = None
@@ -153,7 +161,7 @@ class ProxyRateLimiter:
 
     # internals -------------------------------------------------------------------------
     def _build_server(self) -> None:
-        server = ProxyServer(self.config, self.limiter, self.log)
+        server = ProxyServer(self.config, self.limiter, self.log, self.resolver)
         server.start()
         self._hub = gevent.get_hub()
         self._stop_requested = gevent.event.Event()

@@ -16,13 +16,17 @@ from .config import Config
 from .limiter import Limiter
 from .refusals import RefusalLog
 from .session import ClientSession
+from .upstream import Resolver
 
 
 class ProxyServer(StreamServer):
-    def __init__(self, settings: Config, limiter: Limiter, log: logging.Logger) -> None:
+    def __init__(
+        self, settings: Config, limiter: Limiter, log: logging.Logger, resolve: Resolver | None = None
+    ) -> None:
         super().__init__((settings.bind, settings.port), backlog=1024, spawn=Pool(settings.max_clients))
         self.settings = settings
         self.limiter = limiter
+        self.resolve = resolve
         self.log = log
         self.refusals = RefusalLog(log, settings.refusal_log_interval)
         self.sessions: set[ClientSession] = set()

@@ -148,7 +148,14 @@ class ClientSession:
     def open_upstream(self, host: str, port: int, key: str) -> UpstreamConnection:
         server = self.server
         return UpstreamConnection.open(
-            server.limiter, host, port, key, server.settings.connect_timeout, self.address, self.log
+            server.limiter,
+            host,
+            port,
+            key,
+            server.settings.connect_timeout,
+            self.address,
+            self.log,
+            server.resolve,
         )
 
     def close_upstream(self) -> None:

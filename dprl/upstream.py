@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket as _stdlib_socket
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent import socket
@@ -19,8 +19,15 @@ from .errors import UpstreamError
 from .limiter import Limiter, Slot
 
 
-def dial(host: str, port: int, timeout: float) -> socket.socket:
-    """Connect to ``host`` (normalised: IPv6 in brackets) within ``timeout`` seconds."""
+Resolver = Callable[[str, int], list[tuple[int, tuple]]]
+
+
+def dial(host: str, port: int, timeout: float, resolve: Resolver | None = None) -> socket.socket:
+    """Connect to ``host`` (normalised: IPv6 in brackets) within ``timeout`` seconds.
+
+    ``resolve(name, port)`` returns ``[(family, sockaddr), ...]`` to try in order and
+    raises OSError when the name does not resolve; the default asks gevent's resolver.
+    """
     bare = host[1:-1] if host.startswith("[") else host
     timer = gevent.Timeout(timeout)
     timer.start()
@@ -31,7 +38,10 @@ def dial(host: str, port: int, timeout: float) -> socket.socket:
             family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
             candidates = [(family, (bare, port))]
         except ValueError:
-            candidates = _resolve(bare, port)
+            try:
+                candidates = (resolve or system_resolve)(bare, port)
+            except (OSError, UnicodeError) as exc:
+                raise UpstreamError(f"cannot resolve {bare}: {exc}", 502) from None
         last_error: OSError | None = None
         for family, sockaddr in candidates:
             sock = socket.socket(family, socket.SOCK_STREAM)
@@ -53,11 +63,8 @@ def dial(host: str, port: int, timeout: float) -> socket.socket:
         timer.close()
 
 
-def _resolve(name: str, port: int) -> list[tuple[int, tuple]]:
-    try:
-        infos = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    except (_stdlib_socket.gaierror, UnicodeError) as exc:
-        raise UpstreamError(f"cannot resolve {name}: {exc}", 502) from None
+def system_resolve(name: str, port: int) -> list[tuple[int, tuple]]:
+    infos = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
@@ -94,11 +101,12 @@ class UpstreamConnection:
         timeout: float,
         client: str,
         log: logging.Logger,
+        resolve: Resolver | None = None,
     ) -> UpstreamConnection:
         """Take a slot for ``key``, then dial; the slot is given back if the dial fails."""
         slot = limiter.acquire(key)
         try:
-            sock = dial(host, port, timeout)
+            sock = dial(host, port, timeout, resolve)
         except BaseException:
             slot.release()
             raise

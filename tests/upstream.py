@@ -70,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(total))
             self.end_headers()
-            while total:
+            while total and self.command != "HEAD":
                 piece = BLOCK[: min(total, len(BLOCK))]
                 self.wfile.write(piece)
                 total -= len(piece)
@@ -99,6 +99,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             self.connection.close()
+            self.close_connection = True
+        elif path == "/idle-close":  # answer as keep-alive, then close the idle connection
+            self._reply(200, b"bye")
             self.close_connection = True
         elif path == "/drop":  # close without answering
             self.connection.close()
