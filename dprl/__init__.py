@@ -9,8 +9,8 @@ from .proxy import ProxyRateLimiter
 
 __all__ = [
     "Config",
-    "Limiter",
     "LimitExceeded",
+    "Limiter",
     "LimiterUnavailable",
     "MemoryLimiter",
     "ProxyRateLimiter",

@@ -74,6 +74,13 @@ OPTIONS: list[tuple[str, str, type, object, str]] = [
         "seconds open connections get to finish on SIGTERM/SIGINT",
     ),
     ("--max-clients", "DPRL_MAX_CLIENTS", int, _DEFAULTS.max_clients, "concurrent client connections"),
+    (
+        "--refusal-log-interval",
+        "DPRL_REFUSAL_LOG_INTERVAL",
+        float,
+        _DEFAULTS.refusal_log_interval,
+        "seconds between the aggregated 'refused N connections to HOST' warnings",
+    ),
 ]
 _INI_KEYS = {flag[2:] for flag, *_ in OPTIONS}
 
@@ -103,9 +110,7 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
             elif section == "dprl":
                 for key, value in ini.items(section):
                     if key not in _INI_KEYS:
-                        raise configargparse.ConfigFileParserException(
-                            f"config file: unknown option {key!r} in [dprl]"
-                        )
+                        raise configargparse.ConfigFileParserException(f"config file: unknown option {key!r} in [dprl]")
                     items[key] = value
             else:
                 raise configargparse.ConfigFileParserException(

@@ -19,7 +19,7 @@ FLUSH_AT = 65536
 
 
 class Endpoint:
-    __slots__ = ("sock", "side", "buf", "out", "bytes_in", "bytes_out", "before_wait", "error")
+    __slots__ = ("before_wait", "buf", "bytes_in", "bytes_out", "error", "out", "side", "sock")
 
     def __init__(self, sock: socket.socket, side: str) -> None:
         self.sock = sock

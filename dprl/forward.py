@@ -35,19 +35,15 @@ MAX_RESPONSE_HEAD = 65536
 class ForwardTarget:
     """An absolute-form ``http://`` request target, split and validated."""
 
-    __slots__ = ("host", "port", "authority", "path", "key")
+    __slots__ = ("authority", "host", "key", "path", "port")
 
     def __init__(self, request: RequestHead) -> None:
         target = request.target
         lowered = target[:8].lower()
         if lowered.startswith("https://"):
-            raise ClientProtocolError(
-                "https:// targets must be tunnelled: send CONNECT host:443 to this proxy"
-            )
+            raise ClientProtocolError("https:// targets must be tunnelled: send CONNECT host:443 to this proxy")
         if not lowered.startswith("http://"):
-            raise ClientProtocolError(
-                "this is a forward proxy: the request target must be an absolute http:// URL"
-            )
+            raise ClientProtocolError("this is a forward proxy: the request target must be an absolute http:// URL")
         rest = target[7:]
         cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
         authority, path = rest[:cut], rest[cut:]
@@ -199,7 +195,7 @@ def _read_response(up) -> ResponseHead:
 def _response_head(
     response: ResponseHead, headers: list[tuple[str, str]], client_version: str, connection: str | None = None
 ) -> bytes:
-    headers = headers + [("Via", _via(response.version))]
+    headers = [*headers, ("Via", _via(response.version))]
     if connection:
         headers.append(("Connection", connection))
     return _serialize(f"HTTP/1.1 {response.status} {response.reason}", headers)

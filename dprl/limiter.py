@@ -10,16 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from .errors import LimitExceeded, LimiterUnavailable
+from .errors import LimiterUnavailable, LimitExceeded
 from .hosts import HostKey, HostLimits
 
-__all__ = ["Limiter", "Slot", "LimitExceeded", "LimiterUnavailable"]
+__all__ = ["LimitExceeded", "Limiter", "LimiterUnavailable", "Slot"]
 
 
 class Slot:
     """One admitted upstream connection to ``host``; release it once, or use ``with``."""
 
-    __slots__ = ("host", "_release")
+    __slots__ = ("_release", "host")
 
     def __init__(self, host: HostKey, release: Callable[[HostKey], None]) -> None:
         self.host = host
@@ -66,10 +66,10 @@ class Limiter(ABC):
     def active_hosts(self) -> dict[HostKey, int]:
         """Hosts with at least one slot held by this process, and their counts."""
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 (an optional hook)
         """Start background work (lease refresh); called in the serving hub."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook)
         """Give back everything this process holds; called once at shutdown."""
 
     @property

@@ -7,6 +7,7 @@ in ``finally``: whatever ends the session, the slot is released there or earlier
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from http import HTTPStatus
@@ -28,15 +29,15 @@ if TYPE_CHECKING:
 
 class ClientSession:
     __slots__ = (
-        "server",
-        "client",
         "address",
-        "upstream",
-        "idle",
+        "client",
         "greenlet",
-        "response_started",
-        "request_has_body",
+        "idle",
         "log",
+        "request_has_body",
+        "response_started",
+        "server",
+        "upstream",
     )
 
     def __init__(self, server: ProxyServer, sock: socket.socket, address: tuple) -> None:
@@ -183,10 +184,7 @@ class ClientSession:
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            + ("Connection: close\r\n\r\n" if close else "\r\n")
+            f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n\r\n" if close else "\r\n")
         ).encode()
-        try:
+        with contextlib.suppress(ConnectionLost):
             self.client.send(head + body)
-        except ConnectionLost:
-            pass

@@ -8,6 +8,7 @@ reset or write error ends both directions at once.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import gevent
@@ -49,8 +50,6 @@ def _copy(src: socket.socket, dst: socket.socket, pending: bytes) -> int:
     except OSError:
         # Reset or broken pipe: wake the other direction too, whatever it is blocked on.
         for sock in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
     return total

@@ -18,7 +18,6 @@ from .endpoint import Endpoint
 from .errors import UpstreamError
 from .limiter import Limiter, Slot
 
-
 Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 
 
@@ -75,11 +74,9 @@ class UpstreamConnection:
     connection-tracker line (host, client, duration, bytes each way) at debug level.
     """
 
-    __slots__ = ("host", "port", "key", "slot", "endpoint", "opened", "client", "_log")
+    __slots__ = ("_log", "client", "endpoint", "host", "key", "opened", "port", "slot")
 
-    def __init__(
-        self, host: str, port: int, slot: Slot, sock: socket.socket, client: str, log: logging.Logger
-    ) -> None:
+    def __init__(self, host: str, port: int, slot: Slot, sock: socket.socket, client: str, log: logging.Logger) -> None:
         self.host = host
         self.port = port
         self.key = slot.host

@@ -80,7 +80,7 @@ def test_connect_timeout_is_504(make_proxy):
         reply = raw_request(proxy.port, f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
         assert _status(reply) == 504, reply
     finally:
-        for sock in fillers + [listener]:
+        for sock in [*fillers, listener]:
             sock.close()
 
 

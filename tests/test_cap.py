@@ -116,7 +116,7 @@ def test_host_normalisation_meets_configured_limits(make_proxy, upstream):
 def test_refused_plain_request_keeps_the_client_connection_usable(make_proxy, upstream):
     proxy = make_proxy(max_connections_per_host=1)
     target = f"127.0.0.1:{upstream.port}"
-    holder, head = proxy_connect(proxy, target)
+    holder, _head = proxy_connect(proxy, target)
     with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
         request = f"GET http://{target}/a HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
         sock.sendall(request)

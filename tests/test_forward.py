@@ -57,7 +57,8 @@ def test_post_bodies_with_content_length_and_chunked(proxy, upstream):
 def test_chunked_response_is_relayed_with_trailers(proxy, upstream):
     target = f"127.0.0.1:{upstream.port}"
     reply = raw_request(
-        proxy.port, f"GET http://{target}/chunked?count=4 HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode()
+        proxy.port,
+        f"GET http://{target}/chunked?count=4 HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode(),
     )
     head, _, body = reply.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head

@@ -84,7 +84,7 @@ def test_refused_dial_gets_502_and_never_200(proxy):
 
 
 def test_upstream_reset_ends_tunnel_and_releases_slot(proxy, upstream):
-    sock, head = proxy_connect(proxy, f"127.0.0.1:{upstream.port}")
+    sock, _head = proxy_connect(proxy, f"127.0.0.1:{upstream.port}")
     sock.sendall(b"GET /reset HTTP/1.1\r\nHost: x\r\n\r\n")
     data = b""
     try:
@@ -98,7 +98,7 @@ def test_upstream_reset_ends_tunnel_and_releases_slot(proxy, upstream):
 
 
 def test_client_abort_releases_tunnel_slot(proxy, upstream):
-    sock, head = proxy_connect(proxy, f"127.0.0.1:{upstream.port}")
+    sock, _head = proxy_connect(proxy, f"127.0.0.1:{upstream.port}")
     upstream.wait_active(1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()  # RST

@@ -1,0 +1,87 @@
+"""The strict head parser and the framing it derives (RFC 9112)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dprl.errors import ClientProtocolError, UpstreamError
+from dprl.http_head import (
+    Framing,
+    parse_chunk_line,
+    parse_request_head,
+    parse_response_head,
+    request_framing,
+    response_framing,
+)
+
+
+def test_request_head_fields_keep_case_and_strip_ows():
+    head = parse_request_head(b"GET http://a/ HTTP/1.1\r\nX-Case:  value with  spaces \t\r\nEmpty:\r\n\r\n")
+    assert head.method == "GET" and head.target == "http://a/" and head.version == "HTTP/1.1"
+    assert head.headers == [("X-Case", "value with  spaces"), ("Empty", "")]
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET http://a/ HTTP/1.1\r\nX : y\r\n\r\n", 400),
+        (b"GET  http://a/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://a/ HTTP/3.0\r\n\r\n", 505),
+        (b"get\x01 http://a/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET http://a/ HTTP/1.1\r\nX: \xff\x00\r\n\r\n", 400),
+    ],
+)
+def test_bad_request_heads(head, status):
+    with pytest.raises(ClientProtocolError) as info:
+        parse_request_head(head)
+    assert info.value.status == status
+
+
+def test_request_framing_rules():
+    def framing(fields: bytes, version: bytes = b"1.1"):
+        return request_framing(parse_request_head(b"POST http://a/ HTTP/" + version + b"\r\n" + fields + b"\r\n"))
+
+    assert framing(b"") == (Framing.NONE, 0)
+    assert framing(b"Content-Length: 5\r\n") == (Framing.LENGTH, 5)
+    assert framing(b"Content-Length: 5\r\nContent-Length: 5\r\n") == (Framing.LENGTH, 5)
+    assert framing(b"Content-Length: 5, 5\r\n") == (Framing.LENGTH, 5)
+    assert framing(b"Transfer-Encoding: gzip, chunked\r\n") == (Framing.CHUNKED, 0)
+    for bad in (
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: +5\r\n",
+        b"Content-Length: 0x5\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        b"Transfer-Encoding: chunked, gzip\r\n",
+        b"Transfer-Encoding:\r\n",
+    ):
+        with pytest.raises(ClientProtocolError):
+            framing(bad)
+    with pytest.raises(ClientProtocolError):
+        framing(b"Transfer-Encoding: chunked\r\n", b"1.0")
+
+
+def test_response_framing_rules():
+    def framing(status: int, fields: bytes, method: str = "GET"):
+        head = parse_response_head(b"HTTP/1.1 %d X\r\n" % status + fields + b"\r\n")
+        return response_framing(head, method)
+
+    assert framing(200, b"Content-Length: 3\r\n") == (Framing.LENGTH, 3)
+    assert framing(200, b"Content-Length: 3\r\n", "HEAD") == (Framing.NONE, 0)
+    assert framing(204, b"") == (Framing.NONE, 0)
+    assert framing(304, b"Content-Length: 3\r\n") == (Framing.NONE, 0)
+    assert framing(200, b"") == (Framing.CLOSE, 0)
+    assert framing(200, b"Transfer-Encoding: chunked\r\n") == (Framing.CHUNKED, 0)
+    assert framing(200, b"Transfer-Encoding: gzip\r\n") == (Framing.CLOSE, 0)
+    with pytest.raises(UpstreamError):
+        framing(200, b"Content-Length: 3\r\nContent-Length: 4\r\n")
+    with pytest.raises(UpstreamError):
+        parse_response_head(b"HTTP/1.1 2000 OK\r\n\r\n")
+    assert parse_response_head(b"HTTP/1.1 200\r\n\r\n").reason == ""
+
+
+def test_chunk_lines():
+    assert parse_chunk_line(b"1a", ClientProtocolError) == 26
+    assert parse_chunk_line(b'A;name=value;q="x y"', ClientProtocolError) == 10
+    for bad in (b"", b"g", b"-1", b"1 2", b"1;", b'1;a="unterminated', b"0" * 17):
+        with pytest.raises(ClientProtocolError):
+            parse_chunk_line(bad, ClientProtocolError)
