@@ -5,10 +5,11 @@ from .errors import LimiterUnavailable, LimitExceeded
 from .hosts import normalize_host_spec
 from .limiter import Limiter, Slot
 from .memory_limiter import MemoryLimiter
-from .proxy import ProxyRateLimiter
+from .proxy import DistributedProxyRateLimiter, ProxyRateLimiter
 
 __all__ = [
     "Config",
+    "DistributedProxyRateLimiter",
     "LimitExceeded",
     "Limiter",
     "LimiterUnavailable",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from .errors import ConfigError
 from .hosts import normalize_host_spec, parse_port, split_authority
@@ -25,6 +26,11 @@ class Config:
     redis_addr: str = ""
     redis_password: str = ""
     redis_db: int = 0
+    redis_url: str = ""  # redis://, rediss:// or unix://; alternative to redis_addr
+    redis_prefix: str = "proxy_rate_limiter"
+    redis_timeout: float = 0.5  # connect and per-call timeout
+    lease_ttl: float = 15.0  # a dead worker's slots come back within this
+    on_redis_error: str = "reject"  # reject | allow | local
     connect_timeout: float = 10.0  # upstream dial, including name resolution
     header_timeout: float = 30.0  # a client's whole request head must arrive within this
     idle_timeout: float = 60.0  # keep-alive idle, and the longest stall in a request body
@@ -64,7 +70,17 @@ class Config:
                 raise ConfigError(f"redis-addr must be host:port: {exc}") from None
         if self.redis_db < 0:
             raise ConfigError(f"redis-db must be 0 or more, got {self.redis_db}")
-        for name in ("connect_timeout", "header_timeout", "idle_timeout", "refusal_log_interval"):
+        if self.redis_url and self.redis_addr:
+            raise ConfigError("give either redis-url or redis-addr, not both")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis-url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} \t\r\n"):
+            raise ConfigError(f"redis-prefix must be non-empty, without braces or spaces: {self.redis_prefix!r}")
+        if self.on_redis_error not in ("reject", "allow", "local"):
+            raise ConfigError(f"on-redis-error must be reject, allow or local; got {self.on_redis_error!r}")
+        if self.lease_ttl < 0.3:
+            raise ConfigError(f"lease-ttl must be at least 0.3 seconds, got {self.lease_ttl}")
+        for name in ("connect_timeout", "header_timeout", "idle_timeout", "refusal_log_interval", "redis_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be more than 0, got {getattr(self, name)}")
         if self.shutdown_timeout < 0:
@@ -73,6 +89,16 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         return self
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis URL to use, or "" for local mode."""
+        if self.redis_url:
+            return self.redis_url
+        if self.redis_addr:
+            auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+            return f"redis://{auth}{self.redis_addr}/{self.redis_db}"
+        return ""
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes).validate()

@@ -75,3 +75,7 @@ class Limiter(ABC):
     @property
     def mode(self) -> str:
         return type(self).__name__
+
+    def describe(self) -> str:
+        """Extra words for the start-up line (where the counts live)."""
+        return ""

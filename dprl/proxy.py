@@ -28,7 +28,20 @@ DEFAULT_LOGGER = "dprl"
 
 def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured."""
-    return MemoryLimiter(limits)
+    url = config.effective_redis_url
+    if not url:
+        return MemoryLimiter(limits)
+    from .redis_limiter import RedisLimiter
+
+    return RedisLimiter(
+        limits,
+        url,
+        prefix=config.redis_prefix,
+        lease_ttl=config.lease_ttl,
+        on_error=config.on_redis_error,
+        timeout=config.redis_timeout,
+        log=log,
+    )
 
 
 class ProxyRateLimiter:
@@ -169,12 +182,13 @@ class ProxyRateLimiter:
         self._server = server
         c = self.config
         self.log.info(
-            "dprl listening on %s:%d mode=%s max-connections=%s host-limits=%s",
+            "dprl listening on %s:%d mode=%s max-connections=%s host-limits=%s%s",
             c.bind,
             server.server_port,
             self.limiter.mode,
             c.max_connections or "unlimited",
             ",".join(f"{h}={n}" for h, n in sorted(self.limits.overrides().items())) or "none",
+            f" {self.limiter.describe()}" if self.limiter.describe() else "",
         )
 
     def _thread_main(self, ready: threading.Event) -> None:
@@ -202,3 +216,23 @@ class ProxyRateLimiter:
             server.stop(self._stop_timeout)
             self.log.info("dprl stopped")
         self._done.set()
+
+
+class DistributedProxyRateLimiter(ProxyRateLimiter):
+    """A ProxyRateLimiter whose caps hold across every proxy sharing ``redis_url``.
+
+    The reference's ``NewDistributedProxyRateLimiter(port, default, redisOptions,
+    maxLifetime, logger)``; ``lease_ttl`` replaces the 5-minute safety TTL: a killed
+    worker's slots come back within it, and a live tunnel keeps its slot however long.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        max_connections_per_host: int = 50,
+        redis_url: str = "redis://127.0.0.1:6379/0",
+        lease_ttl: float = 15.0,
+        logger: logging.Logger | None = None,
+        **settings: object,
+    ) -> None:
+        super().__init__(port, max_connections_per_host, logger, redis_url=redis_url, lease_ttl=lease_ttl, **settings)

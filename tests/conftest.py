@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -10,6 +11,7 @@ import trustme
 
 from dprl import ProxyRateLimiter
 
+from .redis_server import RedisServer
 from .upstream import CountingUpstream, EchoServer
 
 
@@ -112,3 +114,28 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         except (TimeoutError, ConnectionResetError):
             pass
         return out
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix(redis_server: RedisServer) -> Iterator[str]:
+    """A key prefix of this test's own; after the test, no key may remain under it."""
+    prefix = f"dprl_test_{uuid.uuid4().hex[:10]}"
+    yield prefix
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    try:
+        wait_for(
+            lambda: not list(client.scan_iter(f"{prefix}:*")),
+            timeout=10,
+            what=f"no Redis keys left under {prefix}",
+        )
+    finally:
+        client.close()

@@ -1,0 +1,139 @@
+"""The Redis limiter on its own, driven by greenlets in this thread against a real Redis."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import gevent
+import pytest
+
+from dprl.errors import LimiterUnavailable, LimitExceeded
+from dprl.hosts import HostLimits
+from dprl.redis_limiter import RedisLimiter
+
+HOST = "stress.example.com"
+
+
+@pytest.fixture
+def make_worker(redis_server, redis_prefix):
+    workers: list[RedisLimiter] = []
+
+    def make(limit: int = 5, lease_ttl: float = 5.0, **kwargs) -> RedisLimiter:
+        worker = RedisLimiter(HostLimits(limit), redis_server.url, prefix=redis_prefix, lease_ttl=lease_ttl, **kwargs)
+        worker.start()
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.close()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll while letting this thread's gevent hub run (the limiters live in it)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        gevent.sleep(0.01)
+
+
+def _fleet_count(redis_server, prefix: str) -> int:
+    client = redis_server.client()
+    try:
+        return sum(int(v) for v in client.hvals(f"{prefix}:{{{HOST}}}:counts"))
+    finally:
+        client.close()
+
+
+def test_concurrent_cycles_from_several_workers_never_exceed_the_cap_and_end_at_zero(
+    make_worker, redis_server, redis_prefix
+):
+    cap = 5
+    # a short lease: refreshes (absolute counts) interleave with the acquires all along
+    workers = [make_worker(cap, lease_ttl=0.3) for _ in range(4)]
+    state = {"held": 0, "max": 0, "admitted": 0, "refused": 0}
+    deadline = time.monotonic() + 3
+
+    def client(worker: RedisLimiter) -> None:
+        while time.monotonic() < deadline:
+            try:
+                slot = worker.acquire(HOST)
+            except LimitExceeded:
+                state["refused"] += 1
+                gevent.sleep(random.random() * 0.001)
+                continue
+            state["held"] += 1
+            state["admitted"] += 1
+            state["max"] = max(state["max"], state["held"])
+            gevent.sleep(random.random() * 0.002)
+            state["held"] -= 1  # the connection is closed ...
+            slot.release()  # ... and only then is the slot given back
+
+    # 300 clients on the first worker alone: more than redis-py's default pool of 100
+    greenlets = [gevent.spawn(client, workers[0]) for _ in range(300)]
+    greenlets += [gevent.spawn(client, worker) for worker in workers[1:] for _ in range(20)]
+    gevent.joinall(greenlets, raise_error=True)
+    assert state["max"] <= cap, f"{state['max']} slots held at once, cap {cap}"
+    assert state["max"] == cap, f"never reached the cap: {state}"
+    assert state["admitted"] > 100 and state["refused"] > 100, state
+    for worker in workers:
+        assert worker.active_hosts() == {}
+    assert _fleet_count(redis_server, redis_prefix) == 0
+
+
+def test_no_undercount_seen_from_outside(make_worker, redis_server, redis_prefix):
+    """Sampled through a plain Redis client while workers churn (complements the test above)."""
+    worker = make_worker(3, lease_ttl=0.3)
+    held = []
+    for _ in range(200):
+        if len(held) < 3 and random.random() < 0.6:
+            held.append(worker.acquire(HOST))
+        elif held:
+            held.pop(random.randrange(len(held))).release()
+        assert _fleet_count(redis_server, redis_prefix) >= len(held)
+    for slot in held:
+        slot.release()
+
+
+def test_a_lost_count_is_restored_at_once_when_noticed(make_worker, redis_server, redis_prefix):
+    worker = make_worker(10, lease_ttl=60)  # no timed refresh within this test
+    slots = [worker.acquire(HOST) for _ in range(2)]
+    client = redis_server.client()
+    client.delete(*client.keys(f"{redis_prefix}:*"))  # what a restart without persistence does
+    slots.append(worker.acquire(HOST))  # sees its own count missing: refreshes now
+    wait_for(lambda: _fleet_count(redis_server, redis_prefix) == 3, timeout=2, what="count restored to 3")
+    for slot in slots:
+        slot.release()
+    client.close()
+
+
+def test_an_overcount_left_by_a_failed_release_is_healed_by_the_refresh(make_worker, redis_server, redis_prefix):
+    worker = make_worker(10, lease_ttl=0.6)
+    slot = worker.acquire(HOST)
+    client = redis_server.client()
+    client.hset(f"{redis_prefix}:{{{HOST}}}:counts", worker.worker, 4)  # three releases that never arrived
+    wait_for(lambda: _fleet_count(redis_server, redis_prefix) == 1, timeout=2, what="refresh to heal the count")
+    slot.release()
+    assert _fleet_count(redis_server, redis_prefix) == 0
+    client.close()
+
+
+def test_release_twice_is_impossible(make_worker, redis_server, redis_prefix):
+    worker = make_worker(1)
+    with worker.acquire(HOST) as slot:
+        pass
+    slot.release()
+    assert worker.active_hosts() == {} and _fleet_count(redis_server, redis_prefix) == 0
+    worker.acquire(HOST).release()
+
+
+def test_redis_down_policy_reject_answers_at_once(redis_server, redis_prefix):
+    worker = RedisLimiter(HostLimits(2), "redis://127.0.0.1:1/0", prefix=redis_prefix, timeout=0.5)
+    started = time.monotonic()
+    for _ in range(20):
+        with pytest.raises(LimiterUnavailable):
+            worker.acquire(HOST)
+    assert time.monotonic() - started < 1.5, "each refusal waited for Redis"
+    assert worker.active_hosts() == {}
+    worker.close()
