@@ -21,6 +21,11 @@ ENV_NAMES = [
     "REDIS_ADDR",
     "REDIS_DB",
     "REDIS_PASSWORD",
+    "REDIS_URL",
+    "DPRL_REDIS_PREFIX",
+    "DPRL_LEASE_TTL",
+    "DPRL_ON_REDIS_ERROR",
+    "DPRL_REDIS_TIMEOUT",
 ]
 
 
@@ -118,6 +123,11 @@ def _run_cli(args, env=None, tmp_path=None):
         (["--redis-addr", "127.0.0.1:notaport"], {}, None, "redis-addr"),
         (["--connect-timeout", "0"], {}, None, "connect-timeout must be more than 0"),
         (["--no-such-flag"], {}, None, "unrecognized arguments"),
+        (["--redis-url", "http://127.0.0.1"], {}, None, "redis-url must start with"),
+        (["--redis-url", "redis://a", "--redis-addr", "b:1"], {}, None, "either redis-url or redis-addr"),
+        (["--on-redis-error", "panic"], {}, None, "on-redis-error must be reject, allow or local"),
+        (["--lease-ttl", "0"], {}, None, "lease-ttl must be at least"),
+        (["--redis-prefix", "a{b}"], {}, None, "redis-prefix"),
         ([], {}, "[dprl]\nno-such-key = 1\n", "unknown option 'no-such-key'"),
         ([], {}, "[other]\nport = 1\n", "unknown section [other]"),
         ([], {}, "[host-limits]\na.example.com = many\n", "HOST=N"),
@@ -159,3 +169,24 @@ def test_help_documents_every_option_with_its_env_var():
     ]:
         assert flag in text and f"env var: {env}" in text, flag
     assert "--host-limit HOST=N" in text
+
+
+def test_distributed_options_and_redis_url_from_addr(monkeypatch):
+    monkeypatch.setenv("REDIS_ADDR", "10.0.0.5:6380")
+    monkeypatch.setenv("REDIS_PASSWORD", "p@ss/word")
+    monkeypatch.setenv("REDIS_DB", "2")
+    monkeypatch.setenv("DPRL_LEASE_TTL", "6")
+    monkeypatch.setenv("DPRL_ON_REDIS_ERROR", "local")
+    config = parse_config(["--redis-prefix", "fleet_a", "--redis-timeout", "0.25"])
+    assert config.effective_redis_url == "redis://:p%40ss%2Fword@10.0.0.5:6380/2"
+    assert (config.lease_ttl, config.on_redis_error, config.redis_prefix, config.redis_timeout) == (
+        6,
+        "local",
+        "fleet_a",
+        0.25,
+    )
+    monkeypatch.delenv("REDIS_ADDR")
+    monkeypatch.setenv("REDIS_URL", "rediss://redis.internal:6380/1")
+    assert parse_config([]).effective_redis_url == "rediss://redis.internal:6380/1"
+    monkeypatch.delenv("REDIS_URL")
+    assert parse_config([]).effective_redis_url == ""  # local mode

@@ -1,0 +1,25 @@
+# dprl: HTTP(S) forward proxy capping concurrent upstream connections per host.
+#   docker build -t dprl .
+#   docker run --rm -p 8080:8080 dprl --max-connections 25
+#   docker run --rm -p 8080:8080 -e REDIS_ADDR=redis:6379 dprl --max-connections 100
+# BASE can point at any Debian-like image with python3 (>= 3.10), venv and pip.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    DPRL_BIND=0.0.0.0 \
+    DPRL_PORT=8080
+
+WORKDIR /opt/dprl
+COPY setup.py pyproject.toml README.md ./
+COPY dprl ./dprl
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --quiet . \
+    && useradd --system --no-create-home --shell /usr/sbin/nologin dprl
+
+USER dprl
+EXPOSE 8080
+ENTRYPOINT ["/opt/venv/bin/python", "-m", "dprl"]
