@@ -50,7 +50,11 @@ class GeventSSLConnection(SSLConnection):
             raise
 
     def _wrap_socket_with_ssl(self, sock: gsocket.socket) -> gssl.SSLSocket:
-        context = gssl.create_default_context()
+        # gevent's SSLContext: ssl.create_default_context() would build the stdlib one,
+        # whose sockets block the hub.
+        context = gssl.SSLContext(gssl.PROTOCOL_TLS_CLIENT)
+        if not (self.ca_certs or self.ca_path or self.ca_data):
+            context.load_default_certs()
         context.check_hostname = bool(self.check_hostname)
         context.verify_mode = self.cert_reqs
         if self.certfile or self.keyfile:

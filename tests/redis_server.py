@@ -21,10 +21,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dprl-redis-")
+        self.extra_args = [arg.replace("{dir}", self.dir) for arg in extra_args]
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -48,6 +49,7 @@ class RedisServer:
                 self.dir,
                 "--logfile",
                 "",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

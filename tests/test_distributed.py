@@ -15,6 +15,8 @@ from dprl import DistributedProxyRateLimiter
 
 from .conftest import proxy_connect, read_head, wait_for
 from .proxy_process import ProxyProcess
+from .redis_server import RedisServer, free_port
+from .upstream import EchoServer
 
 
 class _Port:
@@ -133,31 +135,43 @@ def test_tunnel_older_than_three_lease_ttls_keeps_its_slot(fleet, echo_server):
     tunnel.close()
 
 
-def test_redis_down_each_policy_answers_fast_then_recovers(fleet, redis_server, redis_prefix, upstream):
+def test_redis_killed_mid_run_each_policy_answers_fast_then_recovers(fleet, redis_server, redis_prefix):
     reject, allow, local = (
-        fleet(1, "--max-connections", "1", "--on-redis-error", policy, "--lease-ttl", "1")[0]
+        fleet(1, "--max-connections", "2", "--on-redis-error", policy, "--lease-ttl", "1")[0]
         for policy in ("reject", "allow", "local")
     )
-    target = f"127.0.0.1:{upstream.port}"
-    redis_server.kill()
+    # one destination per worker, so that each worker's per-process cap is its own
+    echoes = [EchoServer() for _ in range(3)]
+    targets = {proc: f"127.0.0.1:{echo.port}" for proc, echo in zip((reject, allow, local), echoes, strict=True)}
+    held = [_connect_status(proc.port, targets[proc]) for proc in (reject, allow, local)]
+    assert [status for _, status in held] == [200, 200, 200]
+    redis_server.kill()  # mid-run: each worker holds a tunnel
     answers: dict[str, list[int]] = {}
     for name, proc in (("reject", reject), ("allow", allow), ("local", local)):
-        statuses = []
+        target = targets[proc]
+        opened = []
         for _ in range(3):
             started = time.monotonic()
-            sock, status = _connect_status(proc.port, target)
+            opened.append(_connect_status(proc.port, target))
             assert time.monotonic() - started < 2, f"{name}: admission hung while Redis is down"
-            statuses.append((sock, status))
-        answers[name] = [status for _, status in statuses]
-        for sock, _ in statuses:
+        answers[name] = [status for _, status in opened]
+        for sock, _ in opened:
             sock.close()
     assert answers["reject"] == [500, 500, 500]
     assert answers["allow"] == [200, 200, 200]
-    assert answers["local"] == [200, 500, 500]
+    assert answers["local"] == [200, 500, 500]  # the held tunnel plus one: the per-process cap of 2
+    for sock, _ in held:
+        sock.close()  # released while Redis is down: healed by the refresh once it is back
     assert len(reject.matching("Redis unavailable")) == 1, "health change logged more than once"
     redis_server.start()
-    wait_for(lambda: _connect_status(reject.port, target)[1] == 200, timeout=5, what="reject worker recovering")
-    reject.wait_line("Redis available again")
+    wait_for(
+        lambda: _connect_status(reject.port, targets[reject])[1] == 200, timeout=5, what="reject worker recovering"
+    )
+    for proc in (reject, allow, local):
+        proc.wait_line("Redis available again")
+    for echo in echoes:
+        echo.stop()
+    # the leak check of redis_prefix then waits for every count to be settled back to nothing
 
 
 def test_redis_restarted_empty_recounts_open_tunnels_within_one_refresh(fleet, redis_server, redis_prefix, upstream):
@@ -206,3 +220,43 @@ def test_library_active_connections_is_fleet_wide(redis_server, redis_prefix, up
         for sock in socks:
             sock.close()
         wait_for(lambda: first.active_connections_for_host(target) == 0, what="fleet count back to 0")
+
+
+def test_unix_socket_and_tls_urls(ca, tmp_path, upstream):
+    server_cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    tls_port = free_port()
+    server = RedisServer(
+        "--unixsocket",
+        "{dir}/redis.sock",
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca_file),
+        "--tls-auth-clients",
+        "no",
+    )
+    try:
+        urls = [f"unix://{server.dir}/redis.sock", f"rediss://localhost:{tls_port}/0?ssl_ca_certs={ca_file}"]
+        target = f"127.0.0.1:{upstream.port}"
+        for url in urls:
+            with DistributedProxyRateLimiter(0, 1, url, lease_ttl=2, shutdown_timeout=1) as proxy:
+                first, head = proxy_connect(proxy, target)
+                assert b" 200 " in head, (url, head)
+                second, head = proxy_connect(proxy, target)
+                assert b" 500 " in head and b"limit reached" in second.recv(200) + head, (url, head)
+                assert proxy.active_connections_for_host(target) == 1
+                first.close()
+                second.close()
+        client = server.client()
+        assert client.dbsize() == 0, "keys left after both proxies stopped"
+        client.close()
+    finally:
+        server.stop()
