@@ -45,6 +45,16 @@ class Slot:
         return f"<Slot {self.host} {state}>"
 
 
+def count_down(counts: dict[HostKey, int], host: HostKey) -> bool:
+    """Decrement ``counts[host]``, dropping the entry at zero; True if it reached zero."""
+    remaining = counts[host] - 1
+    if remaining:
+        counts[host] = remaining
+        return False
+    del counts[host]
+    return True
+
+
 class Limiter(ABC):
     """Counts open upstream connections per host against ``limits``.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .errors import LimitExceeded
 from .hosts import HostKey, HostLimits
-from .limiter import Limiter, Slot
+from .limiter import Limiter, Slot, count_down
 
 
 class MemoryLimiter(Limiter):
@@ -25,11 +25,7 @@ class MemoryLimiter(Limiter):
         return Slot(host, self._release)
 
     def _release(self, host: HostKey) -> None:
-        remaining = self._counts[host] - 1
-        if remaining:
-            self._counts[host] = remaining
-        else:
-            del self._counts[host]
+        count_down(self._counts, host)
 
     def active(self, host: HostKey) -> int:
         return self._counts.get(host, 0)

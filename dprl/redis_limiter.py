@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from .errors import LimiterUnavailable, LimitExceeded
 from .hosts import HostKey, HostLimits
-from .limiter import Limiter, Slot
+from .limiter import Limiter, Slot, count_down
 from .redis_channel import OnReply, RedisChannel, RedisUnavailable
 from .redis_connection import connection_factory
 from .redis_scripts import ACQUIRE, COUNT, REFRESH, RELEASE, Script
@@ -194,12 +194,8 @@ class RedisLimiter(Limiter):
         self._local[host] = self._local.get(host, 0) + 1
 
     def _uncount(self, host: HostKey) -> None:
-        remaining = self._local[host] - 1
-        if remaining:
-            self._local[host] = remaining
-        else:
-            del self._local[host]
-            self._touched.add(host)
+        if count_down(self._local, host):
+            self._touched.add(host)  # refresh it once more, at 0, to clear any leftover
 
     # health ----------------------------------------------------------------------------
     def _redis_usable(self) -> bool:
