@@ -10,6 +10,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from .access import (
+    DEFAULT_ALLOW_CLIENTS,
+    DEFAULT_DENY_DESTINATIONS,
+    AccessPolicy,
+    parse_credentials,
+    parse_networks,
+    parse_ports,
+)
 from .errors import ConfigError
 from .hosts import normalize_host_spec, parse_port, split_authority
 
@@ -40,6 +48,12 @@ class Config:
     max_header_count: int = 100
     max_clients: int = 10000
     refusal_log_interval: float = 10.0
+    tunnel_idle_timeout: float = 0.0  # close a tunnel with no bytes either way for this long; 0 = never
+    allow_clients: str = DEFAULT_ALLOW_CLIENTS  # CIDRs allowed to use the proxy
+    proxy_auth: str = ""  # user:password (Basic); empty = no authentication
+    proxy_auth_file: str = ""  # one user:password a line
+    connect_ports: str = ""  # CONNECT destination ports, e.g. 443,8443; empty = any
+    deny_destinations: str = DEFAULT_DENY_DESTINATIONS  # refused after name resolution
 
     def validate(self) -> Config:
         """Raise ConfigError (one line, for a user) on the first invalid value."""
@@ -83,12 +97,23 @@ class Config:
         for name in ("connect_timeout", "header_timeout", "idle_timeout", "refusal_log_interval", "redis_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be more than 0, got {getattr(self, name)}")
+        if self.tunnel_idle_timeout < 0:
+            raise ConfigError(f"tunnel-idle-timeout must be 0 (off) or more, got {self.tunnel_idle_timeout}")
+        self.access_policy()  # raises ConfigError on a bad CIDR, port list or credentials file
         if self.shutdown_timeout < 0:
             raise ConfigError(f"shutdown-timeout must be 0 or more, got {self.shutdown_timeout}")
         for name in ("max_request_line", "max_header_size", "max_header_count", "max_clients"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         return self
+
+    def access_policy(self) -> AccessPolicy:
+        return AccessPolicy(
+            allow_clients=parse_networks(self.allow_clients, "allow-clients"),
+            credentials=parse_credentials(self.proxy_auth, self.proxy_auth_file),
+            connect_ports=parse_ports(self.connect_ports),
+            deny_destinations=parse_networks(self.deny_destinations, "deny-destinations"),
+        )
 
     @property
     def effective_redis_url(self) -> str:

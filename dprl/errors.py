@@ -30,6 +30,12 @@ class UpstreamError(ProxyError):
     status = 502
 
 
+class AccessDenied(ProxyError):
+    """Policy forbids this: a client outside --allow-clients, a port or destination not allowed."""
+
+    status = 403
+
+
 class ConnectionLost(Exception):
     """A peer closed or reset its connection; ``side`` is ``"client"`` or ``"upstream"``."""
 

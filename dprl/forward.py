@@ -152,7 +152,6 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
         pending_up, pending_down = bytes(client.buf), bytes(up.buf)
         client.buf.clear()
         up.buf.clear()
-        _set_blocking(session, up)
         sent, received = pipe(client.sock, up.sock, pending_up, pending_down)
         up.bytes_out += sent
         up.bytes_in += received
@@ -199,8 +198,3 @@ def _response_head(
     if connection:
         headers.append(("Connection", connection))
     return _serialize(f"HTTP/1.1 {response.status} {response.reason}", headers)
-
-
-def _set_blocking(session: ClientSession, up) -> None:
-    session.client.sock.settimeout(None)
-    up.sock.settimeout(None)

@@ -6,9 +6,12 @@ the Redis one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import socket
 
+import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -17,6 +20,12 @@ from .limiter import Limiter
 from .refusals import RefusalLog
 from .session import ClientSession
 from .upstream import Resolver
+
+_FORBIDDEN_BODY = b"dprl: this client address is not allowed to use the proxy\n"
+FORBIDDEN_CLIENT = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_FORBIDDEN_BODY), _FORBIDDEN_BODY)
+)
 
 
 class ProxyServer(StreamServer):
@@ -29,6 +38,9 @@ class ProxyServer(StreamServer):
         self.resolve = resolve
         self.log = log
         self.refusals = RefusalLog(log, settings.refusal_log_interval)
+        self.access = settings.access_policy()
+        self._accept_paused = False
+        self._accept_delay = 0.0
         self.sessions: set[ClientSession] = set()
         self.stopping = False
 
@@ -37,8 +49,44 @@ class ProxyServer(StreamServer):
         self.limiter.start()
         self.refusals.start()
 
+    def do_read(self):  # type: ignore[no-untyped-def]
+        """Accept, but out of descriptors (EMFILE) pause instead of failing in a loop.
+
+        The pending connection stays in the kernel's backlog; accepting resumes after a
+        back-off (0.05 s doubling to 1 s), and the episode is logged once at each end.
+        """
+        try:
+            result = super().do_read()
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            self._pause_accepting(exc)
+            return None
+        if self._accept_paused and result:
+            self._accept_paused = False
+            self._accept_delay = 0.0
+            self.log.warning("accepting connections again")
+        return result
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        if not self._accept_paused:
+            self._accept_paused = True
+            self.log.error("cannot accept connections: %s; pausing accept until descriptors free up", exc.strerror)
+        self._accept_delay = min(1.0, self._accept_delay * 2 or 0.05)
+        self.stop_accepting()
+        gevent.get_hub().loop.timer(self._accept_delay).start(self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self.stopping and not self.closed:
+            self.start_accepting()
+
     def handle(self, sock: socket.socket, address: tuple) -> None:
         if self.stopping:
+            return
+        if not self.access.client_allowed(address[0]):
+            self.refusals.record(f"from {address[0]}: client not in --allow-clients")
+            with contextlib.suppress(OSError):
+                sock.sendall(FORBIDDEN_CLIENT)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = ClientSession(self, sock, address)

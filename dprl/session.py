@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import gevent
 
+from .access import REALM
 from .endpoint import Endpoint
-from .errors import ClientProtocolError, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError
+from .errors import AccessDenied, ClientProtocolError, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError
 from .forward import ForwardTarget, relay_request, wants_keep_alive
 from .hosts import host_key, split_authority
 from .http_head import Framing, RequestHead, parse_request_head, request_framing
@@ -72,6 +73,10 @@ class ClientSession:
                 # Body reads and response writes must not stall for ever on a dead client.
                 self.client.sock.settimeout(settings.idle_timeout or None)
                 request = parse_request_head(head, settings.max_header_count)
+                if not self.authorized(request):
+                    if self.keep_after_error(request):
+                        continue
+                    return
                 if request.method == "CONNECT":
                     self.close_upstream()
                     self.serve_connect(request)
@@ -82,6 +87,11 @@ class ClientSession:
             self.fail(exc.status, str(exc), close=True)
         except ConnectionLost as exc:
             self.log.debug("client %s: %s", self.address, exc)
+        except Exception:
+            # A bug must cost one connection, never the proxy; the slot goes back below.
+            self.log.exception("client %s: internal error", self.address)
+            if not self.response_started:
+                self.send_error(500, "dprl: internal error", close=True)
         finally:
             self.close_upstream()
 
@@ -101,6 +111,22 @@ class ClientSession:
             keep = self.keep_after_error(request)
             self.fail(exc.status, str(exc), close=not keep)
             return keep
+
+    def authorized(self, request: RequestHead) -> bool:
+        """Proxy authentication, when configured; answers 407 itself when it fails."""
+        access = self.server.access
+        if not access.auth_required or access.authorized(request.raw_values("proxy-authorization")):
+            return True
+        if request.raw_values("proxy-authorization"):
+            self.server.refusals.record(f"from {self.address.rsplit(':', 1)[0]}: bad proxy credentials")
+        self.request_has_body = request_framing(request)[0] != Framing.NONE
+        self.send_error(
+            407,
+            "dprl: proxy authentication required",
+            close=not self.keep_after_error(request),
+            extra=f'Proxy-Authenticate: Basic realm="{REALM}"\r\n',
+        )
+        return False
 
     def keep_after_error(self, request: RequestHead) -> bool:
         """After a refusal the connection is reusable only if no request body is left unread."""
@@ -130,6 +156,8 @@ class ClientSession:
         framing, _ = request_framing(request)
         if framing != Framing.NONE:
             raise ClientProtocolError("CONNECT request with a body")
+        if not self.server.access.port_allowed(port):
+            raise AccessDenied(f"CONNECT to port {port} is not allowed by --connect-ports")
         try:
             up = self.upstream = self.open_upstream(host, port, host_key(host, port))
         except (LimitExceeded, LimiterUnavailable) as exc:
@@ -140,8 +168,9 @@ class ClientSession:
         self.response_started = True
         pending = bytes(client.buf)
         client.buf.clear()
-        client.sock.settimeout(None)
-        sent, received = pipe(client.sock, up.endpoint.sock, pending)
+        sent, received = pipe(
+            client.sock, up.endpoint.sock, pending, idle_timeout=self.server.settings.tunnel_idle_timeout
+        )
         up.endpoint.bytes_out += sent
         up.endpoint.bytes_in += received
 
@@ -157,6 +186,7 @@ class ClientSession:
             self.address,
             self.log,
             server.resolve,
+            server.access.destination_allowed,
         )
 
     def close_upstream(self) -> None:
@@ -167,10 +197,10 @@ class ClientSession:
     # answers ---------------------------------------------------------------------------
     def refuse(self, exc: LimitExceeded | LimiterUnavailable, close: bool) -> None:
         if isinstance(exc, LimitExceeded):
-            self.server.refusals.record(exc.host, exc.limit)
+            self.server.refusals.record(f"to {exc.host}: limit {exc.limit} reached")
             message = f"dprl: connection limit reached for {exc.host} ({exc.limit} concurrent connections)"
         else:
-            self.server.refusals.record_unavailable()
+            self.server.refusals.record("while the limiter is unavailable")
             message = f"dprl: connection limiter unavailable: {exc}"
         self.send_error(500, message, close)
 
@@ -179,12 +209,13 @@ class ClientSession:
         if not self.response_started:
             self.send_error(status, message, close)
 
-    def send_error(self, status: int, message: str, close: bool) -> None:
+    def send_error(self, status: int, message: str, close: bool, extra: str = "") -> None:
+        """A short text/plain answer; ``extra`` holds additional header lines, CRLF-ended."""
         body = f"{message}\n".encode()
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n\r\n" if close else "\r\n")
+            f"Content-Length: {len(body)}\r\n{extra}" + ("Connection: close\r\n\r\n" if close else "\r\n")
         ).encode()
         with contextlib.suppress(ConnectionLost):
             self.client.send(head + body)

@@ -6,6 +6,7 @@ does not resolve or the dial is refused, 504 when it does not complete in time.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import time
@@ -15,35 +16,60 @@ import gevent
 from gevent import socket
 
 from .endpoint import Endpoint
-from .errors import UpstreamError
+from .errors import AccessDenied, UpstreamError
 from .limiter import Limiter, Slot
 
 Resolver = Callable[[str, int], list[tuple[int, tuple]]]
+AddressCheck = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-def dial(host: str, port: int, timeout: float, resolve: Resolver | None = None) -> socket.socket:
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return None
+
+
+def dial(
+    host: str,
+    port: int,
+    timeout: float,
+    resolve: Resolver | None = None,
+    allowed: AddressCheck | None = None,
+) -> socket.socket:
     """Connect to ``host`` (normalised: IPv6 in brackets) within ``timeout`` seconds.
 
     ``resolve(name, port)`` returns ``[(family, sockaddr), ...]`` to try in order and
     raises OSError when the name does not resolve; the default asks gevent's resolver.
+    ``allowed(ip)`` vets each address after resolution (AccessDenied when none passes),
+    so a name cannot smuggle a connection into a denied range.
     """
     bare = host[1:-1] if host.startswith("[") else host
     timer = gevent.Timeout(timeout)
     timer.start()
     try:
-        try:
+        literal = ip_literal(host)
+        if literal is not None:
             # gevent's resolver is a thread-pool round trip even for literals: skip it.
-            addr = ipaddress.ip_address(bare)
-            family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-            candidates = [(family, (bare, port))]
-        except ValueError:
+            candidates = [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, (bare, port))]
+        else:
             try:
                 candidates = (resolve or system_resolve)(bare, port)
             except (OSError, UnicodeError) as exc:
                 raise UpstreamError(f"cannot resolve {bare}: {exc}", 502) from None
+        if allowed is not None:
+            candidates = [c for c in candidates if allowed(ipaddress.ip_address(c[1][0].split("%", 1)[0]))]
+            if not candidates:
+                raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
         last_error: OSError | None = None
         for family, sockaddr in candidates:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    raise UpstreamError("the proxy is out of file descriptors", 503) from None
+                raise
             try:
                 sock.connect(sockaddr)
             except OSError as exc:
@@ -99,11 +125,18 @@ class UpstreamConnection:
         client: str,
         log: logging.Logger,
         resolve: Resolver | None = None,
+        allowed: AddressCheck | None = None,
     ) -> UpstreamConnection:
-        """Take a slot for ``key``, then dial; the slot is given back if the dial fails."""
+        """Take a slot for ``key``, then dial; the slot is given back if the dial fails.
+
+        A denied IP literal is refused before any slot is taken.
+        """
+        literal = ip_literal(host)
+        if allowed is not None and literal is not None and not allowed(literal):
+            raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
         slot = limiter.acquire(key)
         try:
-            sock = dial(host, port, timeout, resolve)
+            sock = dial(host, port, timeout, resolve, allowed)
         except BaseException:
             slot.release()
             raise

@@ -1,0 +1,139 @@
+"""Who may use the proxy, and where it may go.
+
+Secure by default: only loopback and private client addresses are served, so the default
+``0.0.0.0`` bind is not an open relay on a public address; the cloud metadata range
+(169.254.0.0/16) is never a destination, also when a name resolves into it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+from collections.abc import Iterable
+
+from .errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_ALLOW_CLIENTS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
+DEFAULT_DENY_DESTINATIONS = "169.254.0.0/16"
+REALM = "dprl"
+
+
+def parse_networks(text: str, option: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{option}: {item!r} is not an IP address or CIDR range") from None
+    return tuple(networks)
+
+
+def parse_ports(text: str) -> frozenset[int] | None:
+    """``443,8443,9000-9100`` -> the set of ports; empty text -> None (any port)."""
+    if not text.strip():
+        return None
+    ports: set[int] = set()
+    for item in text.split(","):
+        low, sep, high = item.strip().partition("-")
+        try:
+            first, last = int(low), int(high if sep else low)
+        except ValueError:
+            raise ConfigError(f"connect-ports: {item.strip()!r} is not a port or a range") from None
+        if not 0 < first <= last < 65536:
+            raise ConfigError(f"connect-ports: {item.strip()!r} is not within 1-65535")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+def parse_credentials(inline: str, path: str) -> tuple[bytes, ...]:
+    """``user:password`` pairs from the option and from a file (one a line, # comments)."""
+    lines = [inline] if inline else []
+    if path:
+        try:
+            with open(path, encoding="utf-8") as source:
+                lines.extend(source.read().splitlines())
+        except OSError as exc:
+            raise ConfigError(f"proxy-auth-file: cannot read {path}: {exc.strerror}") from None
+    credentials = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, _ = line.partition(":")
+        if not sep or not user:
+            where = "proxy-auth" if line == inline.strip() else f"proxy-auth-file line {number}"
+            raise ConfigError(f"{where}: expected user:password")
+        credentials.append(line.encode("utf-8"))
+    return tuple(credentials)
+
+
+def client_ip(address: str) -> IPAddress:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a v4 client on a dual-stack listener
+    return ip
+
+
+class AccessPolicy:
+    """Checks made before a slot is taken; each failing check is a 403 or a 407."""
+
+    def __init__(
+        self,
+        allow_clients: Iterable[IPNetwork],
+        credentials: Iterable[bytes] = (),
+        connect_ports: frozenset[int] | None = None,
+        deny_destinations: Iterable[IPNetwork] = (),
+    ) -> None:
+        self.allow_clients = tuple(allow_clients)
+        self.credentials = tuple(credentials)
+        self.connect_ports = connect_ports
+        self.deny_destinations = tuple(deny_destinations)
+
+    def client_allowed(self, address: str) -> bool:
+        try:
+            ip = client_ip(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allow_clients)
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.credentials)
+
+    def authorized(self, header_values: list[str]) -> bool:
+        """True if a Proxy-Authorization value carries valid Basic credentials.
+
+        Compared in constant time against every configured pair (no early exit), so
+        timing tells nothing about which user or how much of a password matched.
+        """
+        if not self.credentials:
+            return True
+        if len(header_values) != 1:
+            return False
+        scheme, _, token = header_values[0].strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        matched = False
+        for expected in self.credentials:
+            matched |= hmac.compare_digest(given, expected)
+        return matched
+
+    def port_allowed(self, port: int) -> bool:
+        return self.connect_ports is None or port in self.connect_ports
+
+    def destination_allowed(self, ip: IPAddress) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return not any(ip in network for network in self.deny_destinations)
