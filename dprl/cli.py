@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import logging
+import resource
 import signal
 import sys
 from collections import OrderedDict
@@ -269,9 +270,24 @@ def setup_logging(level: str) -> logging.Logger:
     return log
 
 
+def raise_open_files_limit(log: logging.Logger) -> int:
+    """Every client and upstream connection is a descriptor: raise the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, target, exc)
+    log.info("open-files limit %s (hard limit %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    return soft
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     log = setup_logging(config.log_level)
+    raise_open_files_limit(log)
     proxy = ProxyRateLimiter(config=config, logger=log)
     try:
         proxy._build_server()

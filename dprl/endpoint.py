@@ -73,6 +73,10 @@ class Endpoint:
             while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request
                 del buf[:2]
             end = buf.find(b"\r\n\r\n", start)
+            bare = buf.find(b"\n\n", start)
+            if bare >= 0 and (end < 0 or bare < end):
+                # LF-only lines: refused now, instead of waiting for a CRLF that never comes
+                raise self.error("bare LF as a line terminator", 400)
             if end >= 0:
                 head = bytes(buf[: end + 4])
                 del buf[: end + 4]

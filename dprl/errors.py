@@ -25,9 +25,16 @@ class ClientProtocolError(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """The upstream could not be reached or broke HTTP: 502, or 504 for a connect timeout."""
+    """The upstream could not be reached or broke HTTP: 502, or 504 for a connect timeout.
+
+    Parsing code is shared by both sides and names client statuses (400, 431...); for the
+    upstream side any of those becomes 502, which is what the client must see.
+    """
 
     status = 502
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message, status if status is not None and status >= 500 else None)
 
 
 class AccessDenied(ProxyError):

@@ -170,6 +170,7 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
     if not client_keep:
         connection = "close"
     session.response_started = True
+    sent_before = client.bytes_out
     client.write(_response_head(response, headers, request.version, connection))
     try:
         relay_body(up, client, resp_framing, resp_length, dechunk)
@@ -177,6 +178,11 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
         if exc.side == "upstream":
             session.log.info("upstream %s broke off a response: %s", target.key, exc)
         session.close_upstream()
+        raise
+    except UpstreamError:
+        if client.bytes_out == sent_before:  # nothing left yet: a clean 502 is still possible
+            client.out.clear()
+            session.response_started = False
         raise
     client.flush()
     if not upstream_keep:

@@ -152,12 +152,14 @@ def parse_response_head(data: bytes, max_fields: int = 200) -> ResponseHead:
 
 
 def _content_length(head: MessageHead, error: type[ProxyError]) -> int | None:
-    values = head.values("content-length")
-    if not values:
+    """RFC 9110 8.6: identical repeated values may be collapsed; anything else is invalid."""
+    raw = head.raw_values("content-length")
+    if not raw:
         return None
-    if len(set(values)) != 1 or not _CONTENT_LENGTH.fullmatch(values[0]):
-        raise error(f"invalid Content-Length {', '.join(values)!r}", 400)
-    return int(values[0])
+    values = {v.strip() for field in raw for v in field.split(",")}
+    if len(values) != 1 or not _CONTENT_LENGTH.fullmatch(next(iter(values))):
+        raise error(f"invalid Content-Length {', '.join(raw)!r}", 400)
+    return int(values.pop())
 
 
 def _is_chunked(head: MessageHead, error: type[ProxyError]) -> bool:

@@ -11,7 +11,7 @@ import threading
 
 
 class ProxyProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, preexec_fn=None) -> None:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
@@ -20,6 +20,7 @@ class ProxyProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
