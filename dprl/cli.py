@@ -296,8 +296,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
+    gevent.signal_handler(signal.SIGUSR1, _log_status, proxy, log)
     proxy.serve_forever()
     return 0
+
+
+def _log_status(proxy: ProxyRateLimiter, log: logging.Logger) -> None:
+    status = proxy.status()
+    slots = status["slots"]
+    held = ",".join(f"{host}={n}" for host, n in sorted(slots.items())) or "none"  # type: ignore[union-attr]
+    log.warning("status: clients=%s slots-held=%s mode=%s", status["clients"], held, status["mode"])
 
 
 def _stop_on_signal(proxy: ProxyRateLimiter, log: logging.Logger, signum: int) -> None:

@@ -107,6 +107,15 @@ class ProxyRateLimiter:
     def active_connections_for_host(self, host: str) -> int:
         return self.limiter.active(normalize_host_spec(host))
 
+    def status(self) -> dict[str, object]:
+        """A snapshot for operators (logged on SIGUSR1): clients and slots held by this process."""
+        server = self._server
+        return {
+            "clients": len(server.sessions) if server is not None else 0,
+            "slots": self.limiter.active_hosts(),
+            "mode": self.limiter.mode,
+        }
+
     # lifecycle -------------------------------------------------------------------------
     @property
     def port(self) -> int:

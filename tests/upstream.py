@@ -19,6 +19,7 @@ BLOCK = b"x" * 65536
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # head and body leave in separate writes
     server: CountingUpstream
 
     def log_message(self, *args: object) -> None:
@@ -170,6 +171,9 @@ class CountingUpstream(ThreadingHTTPServer):
             with self._lock:
                 self.active -= 1
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # resets and aborts are what the tests provoke; no traceback for each
+
     def stop(self) -> None:
         self.gate.set()
         self.shutdown()
@@ -215,3 +219,12 @@ class EchoServer:
 
     def stop(self) -> None:
         self.sock.close()
+
+
+if __name__ == "__main__":  # python -m tests.upstream: serve until stdin closes (soak tests)
+    import sys
+
+    server = CountingUpstream().start()
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.stop()
