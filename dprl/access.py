@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import ipaddress
 from collections.abc import Iterable
@@ -96,8 +97,11 @@ class AccessPolicy:
         self.credentials = tuple(credentials)
         self.connect_ports = connect_ports
         self.deny_destinations = tuple(deny_destinations)
+        # Asked for every connection, answered from a handful of addresses: cache them.
+        self.client_allowed = functools.lru_cache(maxsize=4096)(self._client_allowed)  # type: ignore[method-assign]
+        self.destination_allowed = functools.lru_cache(maxsize=4096)(self._destination_allowed)  # type: ignore[method-assign]
 
-    def client_allowed(self, address: str) -> bool:
+    def _client_allowed(self, address: str) -> bool:
         try:
             ip = client_ip(address)
         except ValueError:
@@ -133,7 +137,7 @@ class AccessPolicy:
     def port_allowed(self, port: int) -> bool:
         return self.connect_ports is None or port in self.connect_ports
 
-    def destination_allowed(self, ip: IPAddress) -> bool:
+    def _destination_allowed(self, ip: IPAddress) -> bool:
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return not any(ip in network for network in self.deny_destinations)

@@ -74,7 +74,8 @@ def wants_keep_alive(head: MessageHead) -> bool:
 
 def _end_to_end(head: MessageHead, keep_upgrade: bool = False) -> list[tuple[str, str]]:
     """Fields to forward: hop-by-hop ones and those named in Connection removed."""
-    drop = HOP_BY_HOP | head.connection_tokens()
+    tokens = head.connection_tokens()
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     if keep_upgrade:
         drop = drop - {"upgrade"}
     return [(k, v) for k, v in head.headers if k.lower() not in drop]

@@ -65,21 +65,26 @@ class Framing:
 @dataclass(slots=True)
 class MessageHead:
     version: str
-    headers: Headers
+    headers: Headers  # as received: original case and order, for forwarding
+    index: dict[str, list[str]]  # lowercase name -> raw values, for lookups
 
-    def values(self, name: str) -> list[str]:
-        """All values of a field (``name`` lowercase), comma-separated lists split."""
-        out: list[str] = []
-        for key, value in self.headers:
-            if key.lower() == name:
-                out.extend(v.strip() for v in value.split(",") if v.strip())
-        return out
+    def has(self, name: str) -> bool:
+        return name in self.index
 
     def raw_values(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key.lower() == name]
+        """Values of a field (``name`` lowercase) as they came, one per field line."""
+        return self.index.get(name, [])
+
+    def values(self, name: str) -> list[str]:
+        """Values of a field (``name`` lowercase), comma-separated lists split."""
+        raw = self.index.get(name)
+        if not raw:
+            return []
+        return [item for value in raw for v in value.split(",") if (item := v.strip())]
 
     def connection_tokens(self) -> set[str]:
-        return {v.lower() for v in self.values("connection")}
+        raw = self.index.get("connection")
+        return {v.lower() for v in self.values("connection")} if raw else set()
 
 
 @dataclass(slots=True)
@@ -94,16 +99,24 @@ class ResponseHead(MessageHead):
     reason: str
 
 
-def _fields(lines: list[bytes], error: type[ProxyError]) -> Headers:
+def _fields(lines: list[bytes], error: type[ProxyError]) -> tuple[Headers, dict[str, list[str]]]:
     headers: Headers = []
+    index: dict[str, list[str]] = {}
+    match_line = _FIELD_LINE.fullmatch
     for line in lines:
-        match = _FIELD_LINE.fullmatch(line)
+        match = match_line(line)
         if match is None:
             if line[:1] in (b" ", b"\t"):
                 raise error("obsolete line folding in header field", 400)
             raise error(f"malformed header field {_show(line)}", 400)
-        headers.append((match[1].decode("ascii"), match[2].decode("latin-1")))
-    return headers
+        name, value = match[1].decode("ascii"), match[2].decode("latin-1")
+        headers.append((name, value))
+        lower = name.lower()
+        if lower in index:
+            index[lower].append(value)
+        else:
+            index[lower] = [value]
+    return headers, index
 
 
 def _split_head(data: bytes) -> list[bytes]:
@@ -123,10 +136,11 @@ def parse_request_head(data: bytes, max_fields: int = 100) -> RequestHead:
         raise ClientProtocolError(f"unsupported HTTP version {version}", 505)
     if len(lines) - 1 > max_fields:
         raise ClientProtocolError(f"more than {max_fields} header fields", 431)
-    headers = _fields(lines[1:], ClientProtocolError)
+    headers, index = _fields(lines[1:], ClientProtocolError)
     return RequestHead(
         version=version,
         headers=headers,
+        index=index,
         method=match[1].decode("ascii"),
         target=match[2].decode("ascii"),
     )
@@ -143,9 +157,11 @@ def parse_response_head(data: bytes, max_fields: int = 200) -> ResponseHead:
         raise UpstreamError(f"unsupported HTTP version {version} from upstream")
     if len(lines) - 1 > max_fields:
         raise UpstreamError(f"more than {max_fields} header fields from upstream")
+    headers, index = _fields(lines[1:], UpstreamError)
     return ResponseHead(
         version=version,
-        headers=_fields(lines[1:], UpstreamError),
+        headers=headers,
+        index=index,
         status=int(match[2]),
         reason=(match[3] or b"").decode("latin-1"),
     )
@@ -172,7 +188,7 @@ def _is_chunked(head: MessageHead, error: type[ProxyError]) -> bool:
 
 def request_framing(head: RequestHead) -> tuple[str, int]:
     """(Framing, length) of a request body; ambiguous framing is refused (RFC 9112 6.1, 6.3)."""
-    has_te = any(key.lower() == "transfer-encoding" for key, _ in head.headers)
+    has_te = head.has("transfer-encoding")
     length = _content_length(head, ClientProtocolError)
     if has_te:
         if length is not None:
@@ -192,7 +208,7 @@ def response_framing(head: ResponseHead, request_method: str) -> tuple[str, int]
     status = head.status
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         return Framing.NONE, 0
-    if any(key.lower() == "transfer-encoding" for key, _ in head.headers):
+    if head.has("transfer-encoding"):
         if head.values("transfer-encoding") and _is_chunked(head, UpstreamError):
             return Framing.CHUNKED, 0
         return Framing.CLOSE, 0  # RFC 9112 6.3 rule 4: read until close

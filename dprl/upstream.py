@@ -7,6 +7,7 @@ does not resolve or the dial is refused, 504 when it does not complete in time.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import time
@@ -24,7 +25,9 @@ AddressCheck = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address if ``host`` is an IP literal (cached: this runs for every connection)."""
     try:
         return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
     except ValueError:
@@ -45,47 +48,63 @@ def dial(
     ``allowed(ip)`` vets each address after resolution (AccessDenied when none passes),
     so a name cannot smuggle a connection into a denied range.
     """
+    literal = ip_literal(host)
+    if literal is not None:
+        # gevent's resolver is a thread-pool round trip even for literals: skip it.
+        if allowed is not None and not allowed(literal):
+            raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        return _connect([(family, (str(literal), port))], host, port, time.monotonic() + timeout, timeout)
+    deadline = time.monotonic() + timeout
     bare = host[1:-1] if host.startswith("[") else host
     timer = gevent.Timeout(timeout)
     timer.start()
     try:
-        literal = ip_literal(host)
-        if literal is not None:
-            # gevent's resolver is a thread-pool round trip even for literals: skip it.
-            candidates = [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET, (bare, port))]
-        else:
-            try:
-                candidates = (resolve or system_resolve)(bare, port)
-            except (OSError, UnicodeError) as exc:
-                raise UpstreamError(f"cannot resolve {bare}: {exc}", 502) from None
-        if allowed is not None:
-            candidates = [c for c in candidates if allowed(ipaddress.ip_address(c[1][0].split("%", 1)[0]))]
-            if not candidates:
-                raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
-        last_error: OSError | None = None
-        for family, sockaddr in candidates:
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            except OSError as exc:
-                if exc.errno in _OUT_OF_DESCRIPTORS:
-                    raise UpstreamError("the proxy is out of file descriptors", 503) from None
-                raise
-            try:
-                sock.connect(sockaddr)
-            except OSError as exc:
-                sock.close()
-                last_error = exc
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        reason = (last_error.strerror or str(last_error)) if last_error else "no address"
-        raise UpstreamError(f"cannot connect to {host}:{port}: {reason}", 502)
+        candidates = (resolve or system_resolve)(bare, port)
     except gevent.Timeout as exc:
         if exc is not timer:
             raise
-        raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504) from None
+        raise UpstreamError(f"timed out resolving {bare} after {timeout:g}s", 504) from None
+    except (OSError, UnicodeError) as exc:
+        raise UpstreamError(f"cannot resolve {bare}: {exc}", 502) from None
     finally:
         timer.close()
+    if allowed is not None:
+        candidates = [c for c in candidates if allowed(ipaddress.ip_address(c[1][0].split("%", 1)[0]))]
+        if not candidates:
+            raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
+    return _connect(candidates, host, port, deadline, timeout)
+
+
+def _connect(candidates: list[tuple[int, tuple]], host: str, port: int, deadline: float, timeout: float):
+    """Try each address in turn until one connects, all within ``deadline``."""
+    last_error: OSError | None = None
+    for family, sockaddr in candidates:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                raise UpstreamError("the proxy is out of file descriptors", 503) from None
+            raise
+        sock.settimeout(remaining)
+        try:
+            sock.connect(sockaddr)
+        except TimeoutError:
+            sock.close()
+            raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504) from None
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    if last_error is None:
+        raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504)
+    raise UpstreamError(f"cannot connect to {host}:{port}: {last_error.strerror or last_error}", 502)
 
 
 def system_resolve(name: str, port: int) -> list[tuple[int, tuple]]:

@@ -2,6 +2,12 @@
  *
  *   loadgen connect PROXY_PORT TARGET_PORT CLIENTS SECONDS   new CONNECT tunnel + one GET per cycle
  *   loadgen direct  TARGET_PORT CLIENTS SECONDS              new TCP connection + one GET per cycle
+ *   loadgen serve   PORT                                     bulk source/sink: first byte 'D' = send
+ *                                                            until the peer closes, 'U' = read until EOF
+ *   loadgen bulk    PROXY_PORT TARGET_PORT down|up STREAMS SECONDS
+ *                                                            MB/s through CONNECT tunnels (PROXY_PORT 0:
+ *                                                            straight to the target); prints "bytes N
+ *                                                            seconds S mbps R"
  *
  * Loopback only (127.0.0.1). Each client loops: connect, [CONNECT and read the 200],
  * send "GET /small", read the response head and its Content-Length body, close.
@@ -19,6 +25,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -121,7 +128,97 @@ static void on_event(client_t *c, unsigned events) {
     }
 }
 
+/* ---- bulk: blocking sockets, one thread per stream ---- */
+#define BULK_BUF (1 << 18)
+static double bulk_end;
+static int bulk_down;
+static volatile long long bulk_bytes;
+
+static int dial(int port) {
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    addr.sin_port = htons(port);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { perror("connect"); exit(1); }
+    return fd;
+}
+
+static void *serve_one(void *arg) {
+    int fd = (int)(long)arg;
+    char *buf = malloc(BULK_BUF), mode = 0;
+    memset(buf, 'b', BULK_BUF);
+    if (recv(fd, &mode, 1, MSG_WAITALL) == 1) {
+        if (mode == 'D')
+            while (send(fd, buf, BULK_BUF, MSG_NOSIGNAL) > 0) {}
+        else
+            while (recv(fd, buf, BULK_BUF, 0) > 0) {}
+    }
+    close(fd);
+    free(buf);
+    return NULL;
+}
+
+static int serve(int port) {
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    addr.sin_port = htons(port);
+    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(lfd, 128) < 0) { perror("bind"); return 1; }
+    for (;;) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) continue;
+        pthread_t t;
+        pthread_create(&t, NULL, serve_one, (void *)(long)fd);
+        pthread_detach(t);
+    }
+}
+
+static void *bulk_stream(void *arg) {
+    int *ports = arg, fd = dial(ports[0] ? ports[0] : ports[1]);
+    char *buf = malloc(BULK_BUF);
+    memset(buf, 'c', BULK_BUF);
+    if (ports[0]) {
+        int n = snprintf(buf, 256, "CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n", ports[1]);
+        send(fd, buf, n, 0);
+        size_t got = 0;
+        while (!memmem(buf, got, "\r\n\r\n", 4)) {
+            ssize_t r = recv(fd, buf + got, 1, 0);
+            if (r <= 0) { fprintf(stderr, "tunnel refused\n"); exit(1); }
+            got += r;
+        }
+        if (memcmp(buf + 9, "200", 3) != 0) { fprintf(stderr, "tunnel refused\n"); exit(1); }
+        memset(buf, 'c', BULK_BUF);
+    }
+    char mode = bulk_down ? 'D' : 'U';
+    send(fd, &mode, 1, 0);
+    long long mine = 0;
+    while (now() < bulk_end) {
+        ssize_t n = bulk_down ? recv(fd, buf, BULK_BUF, 0) : send(fd, buf, BULK_BUF, MSG_NOSIGNAL);
+        if (n <= 0) break;
+        mine += n;
+    }
+    __sync_fetch_and_add(&bulk_bytes, mine);
+    close(fd);
+    free(buf);
+    return NULL;
+}
+
+static int bulk(int proxy, int target, int down, int streams, double seconds) {
+    int ports[2] = {proxy, target};
+    bulk_down = down;
+    double begin = now();
+    bulk_end = begin + seconds;
+    pthread_t threads[64];
+    for (int i = 0; i < streams && i < 64; i++) pthread_create(&threads[i], NULL, bulk_stream, ports);
+    for (int i = 0; i < streams && i < 64; i++) pthread_join(threads[i], NULL);
+    double elapsed = now() - begin;
+    printf("bytes %lld seconds %.3f mbps %.1f\n", bulk_bytes, elapsed, bulk_bytes / elapsed / 1e6);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
+    if (argc == 7 && strcmp(argv[1], "bulk") == 0)
+        return bulk(atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "down") == 0, atoi(argv[5]), atof(argv[6]));
     if (argc < 5) {
         fprintf(stderr, "usage: loadgen connect PROXY_PORT TARGET_PORT CLIENTS SECONDS\n"
                         "       loadgen direct TARGET_PORT CLIENTS SECONDS\n");
