@@ -44,6 +44,19 @@ class ProxyServer(StreamServer):
         self.sessions: set[ClientSession] = set()
         self.stopping = False
 
+    def init_socket(self) -> None:
+        super().init_socket()
+        listener = self.socket
+        # Accepted sockets inherit TCP_NODELAY from the listener: one system call, not one
+        # per connection. Deferred accept wakes us only once a request has arrived, so
+        # the first read of every connection finds its bytes instead of waiting for them.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_DEFER_ACCEPT"):
+            with contextlib.suppress(OSError):
+                listener.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(self.settings.header_timeout))
+                )
+
     def start(self) -> None:
         super().start()
         self.limiter.start()
@@ -88,7 +101,6 @@ class ProxyServer(StreamServer):
             with contextlib.suppress(OSError):
                 sock.sendall(FORBIDDEN_CLIENT)
             return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = ClientSession(self, sock, address)
         self.sessions.add(session)
         try:
@@ -105,6 +117,9 @@ class ProxyServer(StreamServer):
             timeout = self.settings.shutdown_timeout
         self.stopping = True
         self.close()
+        self.log.info(
+            "stopped accepting; %d client connection(s) open, closing in at most %gs", len(self.sessions), timeout
+        )
         for session in list(self.sessions):
             if session.idle:
                 session.greenlet.kill(block=False)

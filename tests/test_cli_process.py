@@ -71,7 +71,7 @@ def test_sigterm_lets_open_connections_finish_then_exits(upstream):
             )
             upstream.wait_active(1)
             proc.proc.send_signal(signal.SIGTERM)
-            proc.wait_line("received SIGTERM")
+            proc.wait_line("stopped accepting; 1 client connection")
             # no longer accepting
             try:
                 socket.create_connection(("127.0.0.1", proc.port), timeout=2).close()

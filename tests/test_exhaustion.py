@@ -31,8 +31,10 @@ def test_emfile_pauses_accept_logs_once_and_recovers(upstream):
     proc = ProxyProcess(preexec_fn=_low_nofile)
     clients = []
     try:
-        for _ in range(80):  # more idle clients than the proxy has descriptors
-            clients.append(socket.create_connection(("127.0.0.1", proc.port), timeout=5))
+        for _ in range(80):  # more clients than the proxy has descriptors, each mid-request
+            sock = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+            sock.sendall(b"GET ")  # (deferred accept hands over connections that sent something)
+            clients.append(sock)
         proc.wait_line("cannot accept connections: Too many open files")
         for sock in clients:
             sock.close()

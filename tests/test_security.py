@@ -164,6 +164,8 @@ def test_max_clients_bounds_concurrent_client_connections(make_proxy, upstream):
     proxy = make_proxy(max_clients=2)
     first = socket.create_connection(("127.0.0.1", proxy.port))
     second = socket.create_connection(("127.0.0.1", proxy.port))
+    for sock in (first, second):
+        sock.sendall(b"GET ")  # mid-request: deferred accept hands these to the proxy
     wait_for(lambda: len(proxy._server.sessions) == 2, what="two sessions")
     third = socket.create_connection(("127.0.0.1", proxy.port))
     third.sendall(f"GET http://127.0.0.1:{upstream.port}/a HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
