@@ -24,7 +24,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -87,6 +87,9 @@ class RedisLimiter(Limiter):
         self._refresh_now = gevent.event.Event()
         self._refresher: gevent.Greenlet | None = None
         self._reader_client: redis.Redis | None = None
+        # RESP-encoded commands per host: the same bytes every time, so encoded once
+        self._acquire_commands: dict[tuple[HostKey, int], bytes] = {}
+        self._release_commands: dict[HostKey, bytes] = {}
         self._count_script = None
 
     @property
@@ -108,10 +111,15 @@ class RedisLimiter(Limiter):
         self._touched.add(host)
         if not self._redis_usable():
             return self._fallback(host, limit, "Redis is down")
-        command = ACQUIRE.command(self.keys(host), (self.worker, limit, self._lease_ms, self._key_ttl_ms))
+        command = self._acquire_commands.get((host, limit))
+        if command is None:
+            command = ACQUIRE.command(self.keys(host), (self.worker, limit, self._lease_ms, self._key_ttl_ms))
+            if len(self._acquire_commands) > 10000:
+                self._acquire_commands.clear()
+            self._acquire_commands[(host, limit)] = command
         abandoned = False
 
-        def build() -> tuple[object, ...]:
+        def build() -> bytes:
             self._count(host)  # counted as the acquire leaves, in order with the refreshes
             return command
 
@@ -151,38 +159,48 @@ class RedisLimiter(Limiter):
         return Slot(host, self._uncount)
 
     def _release(self, host: HostKey) -> None:
+        """Send the release and return: the connection is already closed, and nobody waits.
+
+        The local count drops when the reply is read (in the channel's reader), so until
+        then a refresh still counts the slot: Redis never sees fewer than are open.
+        """
         if not self._redis_usable():
             self._uncount(host)  # Redis keeps an extra count until the next refresh
             return
-        command = RELEASE.command(self.keys(host), (self.worker,))
-        in_flight = settled = False
-
-        def build() -> tuple[object, ...]:
-            nonlocal in_flight
-            in_flight = True
-            return command
+        command = self._release_commands.get(host)
+        if command is None:
+            command = RELEASE.command(self.keys(host), (self.worker,))
+            if len(self._release_commands) > 10000:
+                self._release_commands.clear()
+            self._release_commands[host] = command
 
         def on_reply(reply: object) -> None:
-            nonlocal in_flight, settled
-            in_flight = False
             if isinstance(reply, NoScriptError):
-                return  # not run; sent again below
-            settled = True
-            self._uncount(host)  # only now: until the release is answered, it still counts
-            if isinstance(reply, int) and reply < 0:
+                gevent.spawn(self._release_after_noscript, host, command, on_reply)
+                return  # not run: sent again once the script is loaded
+            self._uncount(host)
+            if isinstance(reply, RedisUnavailable):
+                self._mark_down(reply)  # Redis may keep an extra count until the next refresh
+            elif isinstance(reply, int) and reply < 0:
                 self._refresh_now.set()  # Redis had no count of ours: it lost data
 
         try:
-            self._eval(RELEASE, build, on_reply)
-            self._mark_up()
+            self.channel.send(lambda: command, on_reply)
         except (RedisUnavailable, RedisError) as exc:
-            self._mark_down(exc)  # Redis may keep an extra count until the next refresh
+            self._uncount(host)  # not sent (no connection): no reply will settle it
+            self._mark_down(exc)
         finally:
             self._probing = False
-            if not in_flight and not settled:
-                self._uncount(host)  # not sent (no connection): no reply will settle it
 
-    def _eval(self, script: Script, build: Callable[[], Sequence[object]], on_reply: OnReply) -> Any:
+    def _release_after_noscript(self, host: HostKey, command: bytes, on_reply: OnReply) -> None:
+        try:
+            RELEASE.load(self.channel)
+            self.channel.send(lambda: command, on_reply)
+        except (RedisUnavailable, RedisError) as exc:
+            self._uncount(host)
+            self._mark_down(exc)
+
+    def _eval(self, script: Script, build: Callable[[], bytes], on_reply: OnReply) -> Any:
         """Send and wait; on NOSCRIPT (Redis restarted or flushed scripts) load and send again."""
         try:
             return self.channel.wait(self.channel.send(build, on_reply))
@@ -240,8 +258,8 @@ class RedisLimiter(Limiter):
         """
         hosts, self._touched = set(self._local) | self._touched, set()
 
-        def build(host: HostKey) -> Callable[[], tuple[object, ...]]:
-            def command() -> tuple[object, ...]:
+        def build(host: HostKey) -> Callable[[], bytes]:
+            def command() -> bytes:
                 count = 0 if goodbye else self._local.get(host, 0)
                 return REFRESH.command(self.keys(host), (self.worker, count, self._lease_ms, self._key_ttl_ms))
 

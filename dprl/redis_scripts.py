@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Sequence
 from importlib import resources
 
-from .redis_channel import RedisChannel
+from .redis_channel import RedisChannel, pack
 
 
 class Script:
@@ -21,8 +21,9 @@ class Script:
         self.source = resources.files("dprl").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    def command(self, keys: tuple[str, ...], args: Sequence[object]) -> tuple[object, ...]:
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+    def command(self, keys: tuple[str, ...], args: Sequence[object]) -> bytes:
+        """The EVALSHA command, RESP-encoded: callers cache it, it rarely changes per host."""
+        return pack(("EVALSHA", self.sha, len(keys), *keys, *args))
 
     def load(self, channel: RedisChannel) -> None:
         """After NOSCRIPT (Redis restarted or flushed its scripts)."""

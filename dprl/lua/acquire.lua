@@ -17,17 +17,25 @@ if #expired > 0 then
   redis.call('HDEL', KEYS[1], unpack(expired))
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 end
-local total = 0
-for _, count in ipairs(redis.call('HVALS', KEYS[1])) do
-  total = total + tonumber(count)
+local total, own = 0, -1
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local count = tonumber(fields[i + 1])
+  total = total + count
+  if fields[i] == ARGV[1] then
+    own = count
+  end
 end
-local own = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or -1)
 local limit = tonumber(ARGV[2])
 if limit > 0 and total >= limit then
   return {0, total, own}
 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if own < 0 then
+  -- first slot of this worker here: give it a lease, and the keys their expiry. While it
+  -- holds any, its refresh renews both every lease_ttl/3.
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
 return {1, total + 1, own}
