@@ -8,6 +8,7 @@ client's next request goes to the same host; the session owns that decision.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from .errors import ClientProtocolError, ConnectionLost, UpstreamError
@@ -186,7 +187,9 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
             session.response_started = False
         raise
     client.flush()
-    if not upstream_keep:
+    if upstream_keep:
+        upstream.last_used = time.monotonic()
+    else:
         session.close_upstream()
     return client_keep
 

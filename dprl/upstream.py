@@ -22,6 +22,7 @@ from .limiter import Limiter, Slot
 
 Resolver = Callable[[str, int], list[tuple[int, tuple]]]
 AddressCheck = Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]
+FRESH_FOR = 1.0  # seconds after a response during which a kept upstream is reused unchecked
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -119,7 +120,7 @@ class UpstreamConnection:
     connection-tracker line (host, client, duration, bytes each way) at debug level.
     """
 
-    __slots__ = ("_log", "client", "endpoint", "host", "key", "opened", "port", "slot")
+    __slots__ = ("_log", "client", "endpoint", "host", "key", "last_used", "opened", "port", "slot")
 
     def __init__(self, host: str, port: int, slot: Slot, sock: socket.socket, client: str, log: logging.Logger) -> None:
         self.host = host
@@ -127,7 +128,7 @@ class UpstreamConnection:
         self.key = slot.host
         self.slot = slot
         self.endpoint = Endpoint(sock, "upstream")
-        self.opened = time.monotonic()
+        self.opened = self.last_used = time.monotonic()
         self.client = client
         self._log = log
         if log.isEnabledFor(logging.DEBUG):
@@ -162,10 +163,17 @@ class UpstreamConnection:
         return cls(host, port, slot, sock, client, log)
 
     def is_stale(self) -> bool:
-        """True if the upstream closed (or sent unsolicited bytes) while we were idle."""
+        """True if the upstream closed (or sent unsolicited bytes) while we were idle.
+
+        Servers close idle keep-alive connections after seconds, not milliseconds: a
+        connection used within the last second is not worth a system call to check (and
+        a request without a body is sent again if it was stale after all).
+        """
         sock = self.endpoint.sock
         if self.endpoint.buf:
             return True
+        if time.monotonic() - self.last_used < FRESH_FOR:
+            return False
         sock.settimeout(0.0)
         try:
             sock.recv(1, socket.MSG_PEEK)
