@@ -103,3 +103,35 @@ def test_ipv6_listener_and_ipv6_destination(make_proxy):
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 400")
     upstream.close()
+
+
+def test_upgrade_request_is_tunnelled_after_101(proxy):
+    """A WebSocket-style upgrade through plain HTTP: 101, then raw bytes both ways."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            assert b"upgrade: websocket" in head.lower() and b"connection: upgrade" in head.lower()
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            conn.sendall(b"server-frame:" + conn.recv(100))
+
+    threading.Thread(target=serve, daemon=True).start()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(
+            f"GET http://127.0.0.1:{port}/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101") and b"Upgrade: websocket" in head, head
+        sock.sendall(b"client-frame")
+        data = b""
+        while chunk := sock.recv(100):
+            data += chunk
+        assert data == b"server-frame:client-frame"
+    listener.close()
