@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from .conftest import raw_request
+from .conftest import raw_request, read_head
 
 
 class ScriptedUpstream:
@@ -27,12 +27,7 @@ class ScriptedUpstream:
             except OSError:
                 return
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+                read_head(conn)
                 try:
                     conn.sendall(self.reply)
                 except OSError:
@@ -113,9 +108,7 @@ def test_upgrade_request_is_tunnelled_after_101(proxy):
     def serve() -> None:
         conn, _ = listener.accept()
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
+            head = read_head(conn)
             assert b"upgrade: websocket" in head.lower() and b"connection: upgrade" in head.lower()
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
             conn.sendall(b"server-frame:" + conn.recv(100))
@@ -125,9 +118,7 @@ def test_upgrade_request_is_tunnelled_after_101(proxy):
         sock.sendall(
             f"GET http://127.0.0.1:{port}/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode()
         )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
+        head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 101") and b"Upgrade: websocket" in head, head
         sock.sendall(b"client-frame")
         data = b""
