@@ -205,7 +205,10 @@ class ClientSession:
         self.send_error(500, message, close)
 
     def fail(self, status: int, message: str, close: bool) -> None:
-        self.log.info("client %s: %d %s", self.address, status, message)
+        # Counted per interval at warning level; the details of each only at debug, so a
+        # flood of bad requests cannot flood the log.
+        self.server.refusals.record(f"with status {status}")
+        self.log.debug("client %s: %d %s", self.address, status, message)
         if not self.response_started:
             self.send_error(status, message, close)
 
