@@ -289,14 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = setup_logging(config.log_level)
     raise_open_files_limit(log)
     proxy = ProxyRateLimiter(config=config, logger=log)
+    # Handlers first: a signal that arrives as soon as "listening" is logged must find them.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
+    gevent.signal_handler(signal.SIGUSR1, _log_status, proxy, log)
     try:
         proxy._build_server()
     except OSError as exc:
         sys.stderr.write(f"dprl: error: cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}\n")
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
-    gevent.signal_handler(signal.SIGUSR1, _log_status, proxy, log)
     proxy.serve_forever()
     return 0
 
