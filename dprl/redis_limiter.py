@@ -19,6 +19,7 @@ long as its worker lives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -159,10 +160,13 @@ class RedisLimiter(Limiter):
         return Slot(host, self._uncount)
 
     def _release(self, host: HostKey) -> None:
-        """Send the release and return: the connection is already closed, and nobody waits.
+        """Send the release and wait for it (bounded by the Redis timeout).
 
-        The local count drops when the reply is read (in the channel's reader), so until
-        then a refresh still counts the slot: Redis never sees fewer than are open.
+        Waiting keeps the client's view and the fleet's in step: its connection closes
+        only once the slot is free in Redis, so a client that reconnects at once is not
+        refused by a slot it just gave back. The local count drops when the reply is
+        read (in the channel's reader), so a refresh counts the slot until Redis has
+        applied the release: Redis never sees fewer than are open.
         """
         if not self._redis_usable():
             self._uncount(host)  # Redis keeps an extra count until the next refresh
@@ -185,12 +189,15 @@ class RedisLimiter(Limiter):
                 self._refresh_now.set()  # Redis had no count of ours: it lost data
 
         try:
-            self.channel.send(lambda: command, on_reply)
+            result = self.channel.send(lambda: command, on_reply)
         except (RedisUnavailable, RedisError) as exc:
             self._uncount(host)  # not sent (no connection): no reply will settle it
             self._mark_down(exc)
+            return
         finally:
             self._probing = False
+        with contextlib.suppress(RedisUnavailable, RedisError):  # on_reply has dealt with it
+            self.channel.wait(result)
 
     def _release_after_noscript(self, host: HostKey, command: bytes, on_reply: OnReply) -> None:
         try:
