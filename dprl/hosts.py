@@ -25,7 +25,11 @@ def parse_host(host: str) -> str:
     """Validate and normalise a bare host (no port); raise ValueError if it is not one.
 
     IPv6 literals come back in brackets, compressed; names lowercased without trailing dot.
+    Zone ids (``fe80::1%eth0``) are refused: they name an interface of one machine, not a
+    destination, and Python would otherwise accept any text after the ``%``.
     """
+    if "%" in host:
+        raise ValueError(f"invalid host {host!r}")
     if host.startswith("["):
         if not host.endswith("]"):
             raise ValueError(f"unterminated IPv6 literal {host!r}")

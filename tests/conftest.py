@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import uuid
@@ -8,11 +9,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import trustme
+from hypothesis import settings
 
 from dprl import ProxyRateLimiter
 
 from .redis_server import RedisServer
 from .upstream import CountingUpstream, EchoServer
+
+# The same examples on every run: a test suite that passes once passes again (set
+# DPRL_HYPOTHESIS_RANDOM=1 to explore new inputs while developing).
+settings.register_profile("deterministic", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=2000)
+settings.load_profile("explore" if os.environ.get("DPRL_HYPOTHESIS_RANDOM") else "deterministic")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

@@ -30,7 +30,20 @@ def test_normalisation(spec, key):
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "bad host", "a..b", "[::1", "[::zz]:80", "host:0", "host:70000", "host:-1", "-lead.example", "é.example"],
+    [
+        "",
+        "bad host",
+        "a..b",
+        "[::1",
+        "[::zz]:80",
+        "host:0",
+        "host:70000",
+        "host:-1",
+        "-lead.example",
+        "é.example",
+        "::%]",  # found by hypothesis: a zone id swallowed the closing bracket
+        "[fe80::1%eth0]:80",
+    ],
 )
 def test_invalid_hosts_are_refused(spec):
     with pytest.raises(ValueError):
