@@ -86,6 +86,7 @@ class ProxyRateLimiter:
         self._stop_requested: gevent.event.Event | None = None
         self._done = gevent.event.Event()
         self._serving = False
+        self._stop_early = False
         self._stop_timeout: float | None = None
         self._start_error: BaseException | None = None
 
@@ -138,6 +139,7 @@ class ProxyRateLimiter:
         """Start serving in the background and return once the port is listening."""
         if self._server is not None:
             raise RuntimeError("the proxy is already started")
+        self._stop_early = False  # a stop() before this start() is not a stop of it
         if monkey.is_module_patched("socket"):
             self._build_server()
             return self
@@ -163,6 +165,7 @@ class ProxyRateLimiter:
         if timeout is not None:
             self._stop_timeout = timeout
         if self._server is None or self._stop_requested is None:
+            self._stop_early = True  # a signal before listening: serve_forever ends at once
             return
         if self._thread is not None and threading.current_thread() is not self._thread:
             assert self._hub is not None
@@ -212,6 +215,9 @@ class ProxyRateLimiter:
 
     def _serve_until_stopped(self) -> None:
         assert self._stop_requested is not None
+        if self._stop_early:
+            self._stop_early = False
+            self._stop_requested.set()
         self._serving = True
         try:
             self._stop_requested.wait()
