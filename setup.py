@@ -11,7 +11,7 @@ setup(
     package_data={"dprl": ["lua/*.lua"]},
     install_requires=[
         "gevent>=24.2",
-        "redis>=5.0",
+        "redis[hiredis]>=5.0",
         "configargparse>=1.7",
     ],
     extras_require={
