@@ -19,7 +19,6 @@ long as its worker lives.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
@@ -178,34 +177,31 @@ class RedisLimiter(Limiter):
                 self._release_commands.clear()
             self._release_commands[host] = command
 
+        in_flight = settled = False
+
+        def build() -> bytes:
+            nonlocal in_flight
+            in_flight = True
+            return command
+
         def on_reply(reply: object) -> None:
+            nonlocal in_flight, settled
+            in_flight = False
             if isinstance(reply, NoScriptError):
-                gevent.spawn(self._release_after_noscript, host, command, on_reply)
-                return  # not run: sent again once the script is loaded
+                return  # not run: sent again below once the script is loaded
+            settled = True
             self._uncount(host)
-            if isinstance(reply, RedisUnavailable):
-                self._mark_down(reply)  # Redis may keep an extra count until the next refresh
-            elif isinstance(reply, int) and reply < 0:
+            if isinstance(reply, int) and reply < 0:
                 self._refresh_now.set()  # Redis had no count of ours: it lost data
 
         try:
-            result = self.channel.send(lambda: command, on_reply)
+            self._eval(RELEASE, build, on_reply)
         except (RedisUnavailable, RedisError) as exc:
-            self._uncount(host)  # not sent (no connection): no reply will settle it
-            self._mark_down(exc)
-            return
+            self._mark_down(exc)  # Redis may keep an extra count until the next refresh
         finally:
             self._probing = False
-        with contextlib.suppress(RedisUnavailable, RedisError):  # on_reply has dealt with it
-            self.channel.wait(result)
-
-    def _release_after_noscript(self, host: HostKey, command: bytes, on_reply: OnReply) -> None:
-        try:
-            RELEASE.load(self.channel)
-            self.channel.send(lambda: command, on_reply)
-        except (RedisUnavailable, RedisError) as exc:
-            self._uncount(host)
-            self._mark_down(exc)
+            if not in_flight and not settled:
+                self._uncount(host)  # never sent, or not run: no reply will settle it
 
     def _eval(self, script: Script, build: Callable[[], bytes], on_reply: OnReply) -> Any:
         """Send and wait; on NOSCRIPT (Redis restarted or flushed scripts) load and send again."""

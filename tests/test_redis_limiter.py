@@ -138,3 +138,19 @@ def test_redis_down_policy_reject_answers_at_once(redis_server, redis_prefix):
     assert time.monotonic() - started < 1.5, "each refusal waited for Redis"
     assert worker.active_hosts() == {}
     worker.close()
+
+
+def test_a_released_slot_is_free_fleet_wide_when_release_returns(make_worker, redis_server, redis_prefix):
+    """Also right after Redis forgot the scripts (a restart): the release is sent again
+    before release() returns, so the next client is not refused by a slot given back."""
+    first, second = make_worker(1), make_worker(1)
+    for flush_scripts in (False, True):
+        slot = first.acquire(HOST)
+        with pytest.raises(LimitExceeded):
+            second.acquire(HOST)
+        if flush_scripts:
+            client = redis_server.client()
+            client.script_flush()
+            client.close()
+        slot.release()
+        second.acquire(HOST).release()
