@@ -6,7 +6,6 @@ from keyword arguments. Every check lives in ``validate`` so both paths agree.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -19,7 +18,7 @@ from .access import (
     parse_ports,
 )
 from .errors import ConfigError
-from .hosts import normalize_host_spec, parse_port, split_authority
+from .hosts import normalize_host_spec, split_authority
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 
@@ -125,9 +124,6 @@ class Config:
             return f"redis://{auth}{self.redis_addr}/{self.redis_db}"
         return ""
 
-    def replace(self, **changes: object) -> Config:
-        return dataclasses.replace(self, **changes).validate()
-
 
 def parse_host_limit(text: str) -> tuple[str, int]:
     """``HOST=N`` as written on the command line, in env vars and in the INI file."""
@@ -151,4 +147,4 @@ def parse_host_limits(text: str) -> dict[str, int]:
     return limits
 
 
-__all__ = ["Config", "parse_host_limit", "parse_host_limits", "parse_port"]
+__all__ = ["Config", "parse_host_limit", "parse_host_limits"]

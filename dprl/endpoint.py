@@ -51,10 +51,8 @@ class Endpoint:
             self.before_wait()
         try:
             data = self.sock.recv(RECV_SIZE)
-        except TimeoutError:
-            raise ConnectionLost(self.side, "timed out", timed_out=True) from None
         except OSError as exc:
-            raise ConnectionLost(self.side, exc.strerror or str(exc)) from None
+            raise self._lost(exc) from None
         self.bytes_in += len(data)
         return data
 
@@ -181,8 +179,11 @@ class Endpoint:
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
             send_all(self.sock, data)
-        except TimeoutError:
-            raise ConnectionLost(self.side, "timed out", timed_out=True) from None
         except OSError as exc:
-            raise ConnectionLost(self.side, exc.strerror or str(exc)) from None
+            raise self._lost(exc) from None
         self.bytes_out += len(data)
+
+    def _lost(self, exc: OSError) -> ConnectionLost:
+        if isinstance(exc, TimeoutError):
+            return ConnectionLost(self.side, "timed out", timed_out=True)
+        return ConnectionLost(self.side, exc.strerror or str(exc))

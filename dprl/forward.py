@@ -24,7 +24,6 @@ from .http_head import (
     request_framing,
     response_framing,
 )
-from .tunnel import pipe
 
 if TYPE_CHECKING:
     from .session import ClientSession
@@ -142,7 +141,7 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
 
     while 100 <= response.status < 200 and response.status != 101:
         if request.version == "HTTP/1.1":
-            client.write(_response_head(response, _end_to_end(response), request.version))
+            client.write(_response_head(response, _end_to_end(response)))
             client.flush()
         response = _read_response(up)
 
@@ -150,13 +149,8 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
         if not upgrade:
             raise UpstreamError("upstream switched protocols without an upgrade request")
         session.response_started = True
-        client.send(_response_head(response, _end_to_end(response, keep_upgrade=True), request.version, "upgrade"))
-        pending_up, pending_down = bytes(client.buf), bytes(up.buf)
-        client.buf.clear()
-        up.buf.clear()
-        sent, received = pipe(client.sock, up.sock, pending_up, pending_down)
-        up.bytes_out += sent
-        up.bytes_in += received
+        client.send(_response_head(response, _end_to_end(response, keep_upgrade=True), "upgrade"))
+        session.pipe_to_upstream()
         session.close_upstream()
         return False
 
@@ -173,7 +167,7 @@ def relay_request(session: ClientSession, request: RequestHead, target: ForwardT
         connection = "close"
     session.response_started = True
     sent_before = client.bytes_out
-    client.write(_response_head(response, headers, request.version, connection))
+    client.write(_response_head(response, headers, connection))
     try:
         relay_body(up, client, resp_framing, resp_length, dechunk)
     except ConnectionLost as exc:
@@ -201,9 +195,7 @@ def _read_response(up) -> ResponseHead:
     return parse_response_head(data)
 
 
-def _response_head(
-    response: ResponseHead, headers: list[tuple[str, str]], client_version: str, connection: str | None = None
-) -> bytes:
+def _response_head(response: ResponseHead, headers: list[tuple[str, str]], connection: str | None = None) -> bytes:
     headers = [*headers, ("Via", _via(response.version))]
     if connection:
         headers.append(("Connection", connection))

@@ -56,10 +56,6 @@ class RedisChannel:
         self._outbox_ready = gevent.event.Event()
         self._writer: gevent.Greenlet | None = None
 
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None
-
     def send(self, build: Callable[[], Sequence[object] | bytes], on_reply: OnReply | None = None) -> AsyncResult:
         """Queue the command ``build()`` returns (arguments, or bytes from ``pack``).
 

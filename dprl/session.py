@@ -159,20 +159,26 @@ class ClientSession:
         if not self.server.access.port_allowed(port):
             raise AccessDenied(f"CONNECT to port {port} is not allowed by --connect-ports")
         try:
-            up = self.upstream = self.open_upstream(host, port, host_key(host, port))
+            self.upstream = self.open_upstream(host, port, host_key(host, port))
         except (LimitExceeded, LimiterUnavailable) as exc:
             self.refuse(exc, close=True)
             return
-        client = self.client
-        client.send(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        self.client.send(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         self.response_started = True
-        pending = bytes(client.buf)
+        self.pipe_to_upstream()
+
+    def pipe_to_upstream(self) -> None:
+        """Relay raw bytes both ways until both end (CONNECT, or after a 101 upgrade).
+
+        Bytes already read past a message head on either side go first.
+        """
+        client, up = self.client, self.upstream.endpoint  # type: ignore[union-attr]
+        to_upstream, to_client = bytes(client.buf), bytes(up.buf)
         client.buf.clear()
-        sent, received = pipe(
-            client.sock, up.endpoint.sock, pending, idle_timeout=self.server.settings.tunnel_idle_timeout
-        )
-        up.endpoint.bytes_out += sent
-        up.endpoint.bytes_in += received
+        up.buf.clear()
+        sent, received = pipe(client.sock, up.sock, to_upstream, to_client, self.server.settings.tunnel_idle_timeout)
+        up.bytes_out += sent
+        up.bytes_in += received
 
     # upstream --------------------------------------------------------------------------
     def open_upstream(self, host: str, port: int, key: str) -> UpstreamConnection:
