@@ -21,6 +21,7 @@ setup(
             "requests>=2.31",
             "trustme>=1.1",
             "hypothesis>=6.100",
+            "h11>=0.14",
             "ruff>=0.6",
         ],
     },

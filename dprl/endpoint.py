@@ -12,10 +12,17 @@ import socket
 import time
 from collections.abc import Callable
 
+from gevent.socket import wait_read, wait_readwrite, wait_write
+
 from .errors import ClientProtocolError, ConnectionLost, ProxyError, UpstreamError
 
 RECV_SIZE = 65536
 FLUSH_AT = 65536
+# Lingering close (as nginx's lingering_time / lingering_timeout): after answering a client
+# whose request body was not read, keep reading and discarding for a while, so that the
+# close does not reset the connection before the client has read the answer.
+LINGER_TIME = 30.0
+LINGER_IDLE = 5.0
 
 
 def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
@@ -31,7 +38,7 @@ def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
 
 
 class Endpoint:
-    __slots__ = ("before_wait", "buf", "bytes_in", "bytes_out", "error", "out", "side", "sock")
+    __slots__ = ("before_wait", "buf", "bytes_in", "bytes_out", "error", "out", "side", "sock", "watch")
 
     def __init__(self, sock: socket.socket, side: str) -> None:
         self.sock = sock
@@ -43,6 +50,10 @@ class Endpoint:
         # Called before blocking on this socket: flushes what the other side is owed, so
         # coalescing never holds bytes back while we wait for more.
         self.before_wait: Callable[[], None] | None = None
+        # Called when the peer sent bytes (now in ``buf``) while a write to it was blocked:
+        # an upstream that answers before it has read the whole request. Returns False
+        # to stop watching; raises to abandon the write.
+        self.watch: Callable[[], bool] | None = None
         self.error: type[ProxyError] = ClientProtocolError if side == "client" else UpstreamError
 
     # reading ---------------------------------------------------------------------------
@@ -138,6 +149,16 @@ class Endpoint:
             if not self.fill():
                 raise ConnectionLost(self.side, "closed in the middle of a message body")
 
+    def wait_readable(self, timeout: float) -> bool:
+        """True once bytes are buffered or the peer sent some (or closed); False after ``timeout``."""
+        if self.buf:
+            return True
+        try:
+            wait_read(self.sock.fileno(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def take(self, limit: int) -> bytes:
         """Up to ``limit`` bytes, buffered ones first; b"" at end of stream."""
         buf = self.buf
@@ -178,10 +199,62 @@ class Endpoint:
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            send_all(self.sock, data)
+            if self.watch is None:
+                send_all(self.sock, data)
+            else:
+                self._send_watching(data)
         except OSError as exc:
             raise self._lost(exc) from None
         self.bytes_out += len(data)
+
+    def _send_watching(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``; while the peer does not take it, notice what it sends back."""
+        sock = self.sock
+        timeout = sock.gettimeout()
+        view = memoryview(data)
+        sock.settimeout(0.0)
+        try:
+            while view:
+                try:
+                    view = view[sock.send(view) :]
+                    continue
+                except BlockingIOError:
+                    pass
+                if self.watch is None:
+                    wait_write(sock.fileno(), timeout)
+                    continue
+                wait_readwrite(sock.fileno(), timeout)
+                try:
+                    received = sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue  # writable, not readable
+                if not received:
+                    self.watch = None  # peer closed: the next send fails, the caller looks at buf
+                    continue
+                self.buf += received
+                self.bytes_in += len(received)
+                if not self.watch():
+                    self.watch = None
+        finally:
+            sock.settimeout(timeout)
+
+    def linger(self, total: float = LINGER_TIME, idle: float = LINGER_IDLE) -> None:
+        """Half-close, then read and discard until the peer closes (bounded), before a close.
+
+        A close with unread input makes the kernel send a reset, which can destroy the
+        answer we just sent before the peer reads it (RFC 9112 9.6).
+        """
+        sock = self.sock
+        try:
+            self.flush()
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + total
+            while (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(min(idle, remaining))
+                if not sock.recv(RECV_SIZE):
+                    return
+        except (OSError, ConnectionLost):
+            return
 
     def _lost(self, exc: OSError) -> ConnectionLost:
         if isinstance(exc, TimeoutError):

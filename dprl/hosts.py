@@ -18,7 +18,8 @@ DEFAULT_PORTS = (80, 443)
 # RFC 1123 labels, plus "_" which real DNS names carry (service records, some CDNs).
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _REG_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_PORT = re.compile(r"[0-9]{1,5}")
+# RFC 3986 3.2.3: port = *DIGIT; leading zeros name the same port (":00080" is 80)
+_PORT = re.compile(r"[0-9]{1,16}")
 
 
 def parse_host(host: str) -> str:

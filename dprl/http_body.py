@@ -1,29 +1,32 @@
 """Streaming message bodies from one Endpoint to another, never buffering a whole body.
 
-A chunked body is relayed as it came (or de-chunked for an HTTP/1.0 client), but every
-chunk size is still parsed: the proxy must know where the message ends to know where
-the next one starts.
+A chunked body is relayed chunk by chunk in canonical form (or de-chunked for an
+HTTP/1.0 client): every chunk-size line is parsed and written again as ``%x CRLF``
+without extensions, and trailers are re-serialised with the fields that must not be
+trailers dropped. The next hop sees exactly the boundaries dprl computed, whatever
+whitespace or extension syntax its own parser would have read differently.
 """
 
 from __future__ import annotations
 
 from .endpoint import RECV_SIZE, Endpoint
 from .errors import ConnectionLost
-from .http_head import Framing, check_trailer_line, parse_chunk_line
+from .http_head import BodyFraming, Framing, parse_chunk_line, trailer_field
 
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_FIELDS = 100
 
 
-def relay_body(src: Endpoint, dst: Endpoint, framing: str, length: int, dechunk: bool = False) -> None:
+def relay_body(src: Endpoint, dst: Endpoint, framing: BodyFraming, dechunk: bool = False) -> None:
     """Relay one body framed as ``framing``; dst's queued bytes are flushed at the end."""
     src.before_wait = dst.flush
     try:
-        if framing == Framing.LENGTH:
-            relay_exact(src, dst, length)
-        elif framing == Framing.CHUNKED:
+        kind = framing.kind
+        if kind == Framing.LENGTH:
+            relay_exact(src, dst, framing.length)
+        elif kind == Framing.CHUNKED:
             relay_chunked(src, dst, dechunk)
-        elif framing == Framing.CLOSE:
+        elif kind == Framing.CLOSE:
             relay_until_close(src, dst)
         dst.flush()
     finally:
@@ -54,19 +57,19 @@ def relay_chunked(src: Endpoint, dst: Endpoint, dechunk: bool) -> None:
         if size == 0:
             break
         if not dechunk:
-            dst.write(line + b"\r\n")
+            dst.write(b"%x\r\n" % size)
         relay_exact(src, dst, size)
         _expect_crlf(src)
         if not dechunk:
             dst.write(b"\r\n")
     if not dechunk:
-        dst.write(line + b"\r\n")
+        dst.write(b"0\r\n")
     for _ in range(MAX_TRAILER_FIELDS + 1):
-        field = src.read_line(MAX_CHUNK_LINE)
-        if not field:
+        line = src.read_line(MAX_CHUNK_LINE)
+        if not line:
             break
-        check_trailer_line(field, src.error)
-        if not dechunk:
+        field = trailer_field(line, src.error)
+        if field is not None and not dechunk:
             dst.write(field + b"\r\n")
     else:
         raise src.error(f"more than {MAX_TRAILER_FIELDS} trailer fields", 400)

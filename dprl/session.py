@@ -20,7 +20,7 @@ from .endpoint import Endpoint
 from .errors import AccessDenied, ClientProtocolError, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError
 from .forward import ForwardTarget, relay_request, wants_keep_alive
 from .hosts import host_key, split_authority
-from .http_head import Framing, RequestHead, parse_request_head, request_framing
+from .http_head import RequestHead, check_host_field, parse_request_head, request_framing
 from .tunnel import pipe
 from .upstream import UpstreamConnection
 
@@ -73,6 +73,7 @@ class ClientSession:
                 # Body reads and response writes must not stall for ever on a dead client.
                 self.client.sock.settimeout(settings.idle_timeout or None)
                 request = parse_request_head(head, settings.max_header_count)
+                check_host_field(request)
                 if not self.authorized(request):
                     if self.keep_after_error(request):
                         continue
@@ -119,7 +120,7 @@ class ClientSession:
             return True
         if request.raw_values("proxy-authorization"):
             self.server.refusals.record(f"from {self.address.rsplit(':', 1)[0]}: bad proxy credentials")
-        self.request_has_body = request_framing(request)[0] != Framing.NONE
+        self.request_has_body = request_framing(request).has_body
         self.send_error(
             407,
             "dprl: proxy authentication required",
@@ -153,8 +154,7 @@ class ClientSession:
             host, port = split_authority(request.target, None)
         except ValueError as exc:
             raise ClientProtocolError(f"bad CONNECT target: {exc}") from None
-        framing, _ = request_framing(request)
-        if framing != Framing.NONE:
+        if request_framing(request).has_body:
             raise ClientProtocolError("CONNECT request with a body")
         if not self.server.access.port_allowed(port):
             raise AccessDenied(f"CONNECT to port {port} is not allowed by --connect-ports")
@@ -228,3 +228,5 @@ class ClientSession:
         ).encode()
         with contextlib.suppress(ConnectionLost):
             self.client.send(head + body)
+        if close and self.request_has_body:
+            self.client.linger()  # the unread body must not turn our answer into a reset

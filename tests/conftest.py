@@ -14,7 +14,7 @@ from hypothesis import settings
 from dprl import ProxyRateLimiter
 
 from .redis_server import RedisServer
-from .upstream import CountingUpstream, EchoServer
+from .upstream import CountingUpstream, EchoServer, RawOrigin
 
 # The same examples on every run: a test suite that passes once passes again (set
 # DPRL_HYPOTHESIS_RANDOM=1 to explore new inputs while developing).
@@ -48,6 +48,20 @@ def echo_server() -> Iterator[EchoServer]:
     server = EchoServer()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def make_origin() -> Iterator[Callable[..., RawOrigin]]:
+    """Scripted raw origins (``handler(conn, index)``), closed after the test."""
+    origins: list[RawOrigin] = []
+
+    def make(handler: Callable[[socket.socket, int], None]) -> RawOrigin:
+        origins.append(RawOrigin(handler))
+        return origins[-1]
+
+    yield make
+    for origin in origins:
+        origin.close()
 
 
 @pytest.fixture(scope="session")

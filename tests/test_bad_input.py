@@ -20,27 +20,34 @@ def _status(reply: bytes) -> int:
         (b"GARBAGE\r\n\r\n", 400),
         (b"GET /relative HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET https://127.0.0.1/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-        (b"GET ftp://127.0.0.1/ HTTP/1.1\r\n\r\n", 400),
-        (b"GET http://user:pw@127.0.0.1:{port}/ HTTP/1.1\r\n\r\n", 400),
-        (b"GET http://127.0.0.1:99999/ HTTP/1.1\r\n\r\n", 400),
-        (b"GET http://bad_host!/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET ftp://127.0.0.1/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"GET http://user:pw@127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"GET http://127.0.0.1:99999/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+        (b"GET http://bad_host!/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),
         (b"GET http://127.0.0.1:{port}/ HTTP/2.0\r\n\r\n", 505),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", 400),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nX: a\rb\r\n\r\n", 400),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nX: a\nY: b\r\n\r\n", 400),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nX: a\x00\r\n\r\n", 400),
-        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
-        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nContent-Length: -3\r\n\r\n", 400),
-        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
-        (b"POST http://127.0.0.1:{port}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n", 400),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nX: a\r\n folded\r\n\r\n", 400),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", 400),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nX: a\nY: b\r\n\r\n", 400),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nX: a\x00\r\n\r\n", 400),
+        (
+            b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\n"
+            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (
+            b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nContent-Length: -3\r\n\r\n", 400),
+        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+        (b"POST http://127.0.0.1:{port}/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
         (b"CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n", 400),
         (b"CONNECT /path HTTP/1.1\r\n\r\n", 400),
         (b"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
-        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
+        (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
         (b"GET http://127.0.0.1:{port}/" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
     ],
 )
@@ -87,7 +94,7 @@ def test_connect_timeout_is_504(make_proxy):
 def test_slow_request_head_gets_408(make_proxy):
     proxy = make_proxy(header_timeout=0.3)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(b"GET http://127.0.0.1/ HTTP/1.1\r\nX-Slow: ")
+        sock.sendall(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: h\r\nX-Slow: ")
         assert read_head(sock).startswith(b"HTTP/1.1 408")
 
 

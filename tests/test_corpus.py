@@ -14,8 +14,8 @@ import pytest
 from .conftest import read_head
 
 T = b"{t}"  # replaced by the upstream's authority
-GET = b"GET http://" + T + b"/ HTTP/1.1\r\n"
-POST = b"POST http://" + T + b"/echo HTTP/1.1\r\n"
+GET = b"GET http://" + T + b"/ HTTP/1.1\r\nHost: " + T + b"\r\n"
+POST = b"POST http://" + T + b"/echo HTTP/1.1\r\nHost: " + T + b"\r\n"
 CLOSE = None  # a clean close: no answer, connection closed
 
 CORPUS: list[tuple[str, bytes, int | None]] = [

@@ -7,7 +7,7 @@ import socket
 
 import requests
 
-from .conftest import assert_no_slots, raw_request, read_head, wait_for
+from .conftest import assert_no_slots, raw_request, wait_for
 
 
 def _session(proxy) -> requests.Session:
@@ -105,21 +105,6 @@ def test_large_download_is_streamed(proxy, upstream):
         response = session.get(f"http://127.0.0.1:{upstream.port}/bytes?n={size}", stream=True)
         received = sum(len(chunk) for chunk in response.iter_content(1 << 20))
     assert received == size
-
-
-def test_expect_continue_is_answered_by_the_proxy(proxy, upstream):
-    target = f"127.0.0.1:{upstream.port}"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(
-            f"POST http://{target}/echo HTTP/1.1\r\nHost: {target}\r\nContent-Length: 5\r\n"
-            "Expect: 100-continue\r\n\r\n".encode()
-        )
-        assert read_head(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"hello")
-        head = read_head(sock)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        body = sock.recv(65536)
-        assert body.endswith(b"hello") and b"expect" not in body.lower()
 
 
 def test_http_client_through_proxy(proxy, upstream):

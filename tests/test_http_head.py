@@ -6,6 +6,7 @@ import pytest
 
 from dprl.errors import ClientProtocolError, UpstreamError
 from dprl.http_head import (
+    BodyFraming,
     Framing,
     parse_chunk_line,
     parse_request_head,
@@ -41,11 +42,16 @@ def test_request_framing_rules():
     def framing(fields: bytes, version: bytes = b"1.1"):
         return request_framing(parse_request_head(b"POST http://a/ HTTP/" + version + b"\r\n" + fields + b"\r\n"))
 
-    assert framing(b"") == (Framing.NONE, 0)
-    assert framing(b"Content-Length: 5\r\n") == (Framing.LENGTH, 5)
-    assert framing(b"Content-Length: 5\r\nContent-Length: 5\r\n") == (Framing.LENGTH, 5)
-    assert framing(b"Content-Length: 5, 5\r\n") == (Framing.LENGTH, 5)
-    assert framing(b"Transfer-Encoding: gzip, chunked\r\n") == (Framing.CHUNKED, 0)
+    assert framing(b"") == BodyFraming(Framing.NONE)
+    assert framing(b"Content-Length: 5\r\n") == BodyFraming(Framing.LENGTH, 5)
+    assert framing(b"Content-Length: 5\r\nContent-Length: 5\r\n") == BodyFraming(Framing.LENGTH, 5)
+    assert framing(b"Content-Length: 5, 5\r\n") == BodyFraming(Framing.LENGTH, 5)
+    assert framing(b"Content-Length: 010\r\n") == BodyFraming(Framing.LENGTH, 10)
+    assert not framing(b"Content-Length: 0\r\n").has_body
+    assert framing(b"Transfer-Encoding: ,Chunked\r\n") == BodyFraming(Framing.CHUNKED, codings=("chunked",))
+    with pytest.raises(ClientProtocolError) as info:
+        framing(b"Transfer-Encoding: gzip, chunked\r\n")
+    assert info.value.status == 501
     for bad in (
         b"Content-Length: 5\r\nContent-Length: 6\r\n",
         b"Content-Length: +5\r\n",
@@ -65,13 +71,14 @@ def test_response_framing_rules():
         head = parse_response_head(b"HTTP/1.1 %d X\r\n" % status + fields + b"\r\n")
         return response_framing(head, method)
 
-    assert framing(200, b"Content-Length: 3\r\n") == (Framing.LENGTH, 3)
-    assert framing(200, b"Content-Length: 3\r\n", "HEAD") == (Framing.NONE, 0)
-    assert framing(204, b"") == (Framing.NONE, 0)
-    assert framing(304, b"Content-Length: 3\r\n") == (Framing.NONE, 0)
-    assert framing(200, b"") == (Framing.CLOSE, 0)
-    assert framing(200, b"Transfer-Encoding: chunked\r\n") == (Framing.CHUNKED, 0)
-    assert framing(200, b"Transfer-Encoding: gzip\r\n") == (Framing.CLOSE, 0)
+    assert framing(200, b"Content-Length: 3\r\n") == BodyFraming(Framing.LENGTH, 3)
+    assert framing(200, b"Content-Length: 3\r\n", "HEAD") == BodyFraming(Framing.NONE)
+    assert framing(204, b"") == BodyFraming(Framing.NONE)
+    assert framing(304, b"Content-Length: 3\r\n") == BodyFraming(Framing.NONE)
+    assert framing(200, b"") == BodyFraming(Framing.CLOSE)
+    assert framing(200, b"Transfer-Encoding: chunked\r\n") == BodyFraming(Framing.CHUNKED, codings=("chunked",))
+    assert framing(200, b"Transfer-Encoding: gzip\r\n") == BodyFraming(Framing.CLOSE, codings=("gzip",))
+    assert framing(200, b"Transfer-Encoding: gzip, chunked\r\n").codings == ("gzip", "chunked")
     with pytest.raises(UpstreamError):
         framing(200, b"Content-Length: 3\r\nContent-Length: 4\r\n")
     with pytest.raises(UpstreamError):

@@ -19,7 +19,7 @@ def _status(reply: bytes) -> int:
 
 def test_clients_outside_the_allow_list_get_403(make_proxy, upstream):
     proxy = make_proxy(allow_clients="10.0.0.0/8,192.168.0.0/16")
-    reply = raw_request(proxy.port, f"GET http://127.0.0.1:{upstream.port}/ HTTP/1.1\r\n\r\n".encode())
+    reply = raw_request(proxy.port, f"GET http://127.0.0.1:{upstream.port}/ HTTP/1.1\r\nHost: h\r\n\r\n".encode())
     assert _status(reply) == 403 and b"not allowed" in reply
     assert upstream.connections == 0
 
@@ -38,7 +38,7 @@ def test_denied_client_is_logged_in_aggregate(upstream):
     proc = ProxyProcess("--allow-clients", "10.0.0.0/8", "--refusal-log-interval", "0.3")
     try:
         for _ in range(5):
-            assert _status(raw_request(proc.port, b"GET http://127.0.0.1/ HTTP/1.1\r\n\r\n")) == 403
+            assert _status(raw_request(proc.port, b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: h\r\n\r\n")) == 403
         line = proc.wait_line(r"refused (\d+) connections from 127\.0\.0\.1: client not in --allow-clients")
         assert line[1] == "5"
     finally:
@@ -51,7 +51,7 @@ def test_proxy_authentication_required_and_never_forwarded(make_proxy, upstream,
     proxy = make_proxy(proxy_auth="alice:s3cret", proxy_auth_file=str(creds))
     url = f"http://127.0.0.1:{upstream.port}/echo"
     port = proxy.port
-    reply = raw_request(port, f"GET {url} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    reply = raw_request(port, f"GET {url} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
     assert _status(reply) == 407 and b'Proxy-Authenticate: Basic realm="dprl"' in reply
     for user, password, ok in [
         ("alice", "s3cret", True),
@@ -69,7 +69,7 @@ def test_proxy_authentication_required_and_never_forwarded(make_proxy, upstream,
     token = base64.b64encode(b"alice:s3cret").decode()
     for bad in ("Basic !!!", "Bearer " + token, "Basic " + base64.b64encode(b"alice").decode()):
         reply = raw_request(
-            port, f"GET {url} HTTP/1.1\r\nProxy-Authorization: {bad}\r\nConnection: close\r\n\r\n".encode()
+            port, f"GET {url} HTTP/1.1\r\nHost: h\r\nProxy-Authorization: {bad}\r\nConnection: close\r\n\r\n".encode()
         )
         assert _status(reply) == 407, bad
 
@@ -118,7 +118,7 @@ def test_connect_ports_restrict_tunnel_destinations(make_proxy, upstream):
     "request_bytes",
     [
         b"CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n",
-        b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
         b"CONNECT [::ffff:169.254.169.254]:80 HTTP/1.1\r\n\r\n",
         b"CONNECT metadata.internal:80 HTTP/1.1\r\n\r\n",  # resolves into the denied range
     ],
@@ -168,7 +168,7 @@ def test_max_clients_bounds_concurrent_client_connections(make_proxy, upstream):
         sock.sendall(b"GET ")  # mid-request: deferred accept hands these to the proxy
     wait_for(lambda: len(proxy._server.sessions) == 2, what="two sessions")
     third = socket.create_connection(("127.0.0.1", proxy.port))
-    third.sendall(f"GET http://127.0.0.1:{upstream.port}/a HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+    third.sendall(f"GET http://127.0.0.1:{upstream.port}/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
     assert not select.select([third], [], [], 0.3)[0], "a third client was served beyond --max-clients 2"
     first.close()
     third.settimeout(5)

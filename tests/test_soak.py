@@ -69,7 +69,7 @@ class Scenarios:
 
     def plain(self) -> str:
         with self.connect() as sock:
-            sock.sendall(f"GET http://{self.target}/p HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(f"GET http://{self.target}/p HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
             assert _read_all(sock).endswith(b"ok:/p")
         return "plain"
 
@@ -77,7 +77,7 @@ class Scenarios:
         with self.connect() as sock:
             for i in range(3):
                 close = "Connection: close\r\n" if i == 2 else ""
-                sock.sendall(f"GET http://{self.target}/k{i} HTTP/1.1\r\n{close}\r\n".encode())
+                sock.sendall(f"GET http://{self.target}/k{i} HTTP/1.1\r\nHost: h\r\n{close}\r\n".encode())
                 head = read_head(sock)
                 assert head.startswith(b"HTTP/1.1 200"), head
                 sock.recv(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]), socket.MSG_WAITALL)
@@ -87,20 +87,20 @@ class Scenarios:
         with self.connect() as sock:
             sock.sendall(f"CONNECT {self.target} HTTP/1.1\r\n\r\n".encode())
             assert read_head(sock).startswith(b"HTTP/1.1 200")
-            sock.sendall(b"GET /t HTTP/1.1\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"GET /t HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
             assert _read_all(sock).endswith(b"ok:/t")
         return "tunnel"
 
     def capped_host(self) -> str:
         with self.connect() as sock:
-            sock.sendall(f"GET http://{self.capped}/c HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(f"GET http://{self.capped}/c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
             status = _read_all(sock)[9:12]
             assert status in (b"200", b"500"), status
         return "refused" if status == b"500" else "capped-ok"
 
     def client_abort_mid_response(self) -> str:
         sock = self.connect()
-        sock.sendall(f"GET http://{self.target}/bytes?n=2000000 HTTP/1.1\r\n\r\n".encode())
+        sock.sendall(f"GET http://{self.target}/bytes?n=2000000 HTTP/1.1\r\nHost: h\r\n\r\n".encode())
         sock.recv(1000)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
         sock.close()
@@ -108,7 +108,9 @@ class Scenarios:
 
     def client_abort_mid_body(self) -> str:
         sock = self.connect()
-        sock.sendall(f"POST http://{self.target}/echo HTTP/1.1\r\nContent-Length: 100000\r\n\r\npartial".encode())
+        sock.sendall(
+            f"POST http://{self.target}/echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\npartial".encode()
+        )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RST)
         sock.close()
         return "abort-body"
@@ -123,7 +125,7 @@ class Scenarios:
 
     def upstream_reset(self) -> str:
         with self.connect() as sock:
-            sock.sendall(f"GET http://{self.target}/reset HTTP/1.1\r\n\r\n".encode())
+            sock.sendall(f"GET http://{self.target}/reset HTTP/1.1\r\nHost: h\r\n\r\n".encode())
             with contextlib.suppress(ConnectionResetError):
                 _read_all(sock)
         return "upstream-reset"
@@ -133,7 +135,9 @@ class Scenarios:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connect: a small window
             sock.settimeout(20)
             sock.connect(self.proxy)
-            sock.sendall(f"GET http://{self.target}/bytes?n=200000 HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"GET http://{self.target}/bytes?n=200000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode()
+            )
             total = 0
             while chunk := sock.recv(4096):
                 total += len(chunk)
@@ -344,7 +348,9 @@ def test_slow_reader_gets_a_gib_with_flat_proxy_memory(upstream, path):
             assert read_head(sock).startswith(b"HTTP/1.1 200")
             sock.sendall(f"GET /bytes?n={size} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
         else:
-            sock.sendall(f"GET http://{target}/bytes?n={size} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"GET http://{target}/bytes?n={size} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode()
+            )
         head = read_head(sock)
         assert head.startswith(b"HTTP/1.1 200")
         buf = bytearray(65536)

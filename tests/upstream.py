@@ -7,10 +7,12 @@ until ``release()``, so a test can fill the cap and check it at the upstream its
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -180,18 +182,24 @@ class CountingUpstream(ThreadingHTTPServer):
         self.server_close()
 
 
-class EchoServer:
-    """Raw TCP: reads until the client half-closes, then sends ``reply + data`` and closes."""
+class RawOrigin:
+    """A TCP origin that runs ``handler(conn, index)`` (or ``serve``) per connection, in a thread.
 
-    def __init__(self, reply: bytes = b"echo:") -> None:
-        self.reply = reply
+    For scripted behaviour a real HTTP server would not produce on demand: answering
+    before reading the body, closing without answering, odd framing, raw echo.
+    """
+
+    def __init__(self, handler: Callable[[socket.socket, int], None] | None = None) -> None:
+        self.handler = handler or self.serve
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self.authority = f"127.0.0.1:{self.port}"
+        self.connections = 0
+        self.received: list[bytes] = []  # what handlers chose to record
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def serve(self, conn: socket.socket, index: int) -> None:
+        raise NotImplementedError
 
     def _accept(self) -> None:
         while True:
@@ -199,9 +207,30 @@ class EchoServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections - 1), daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, index: int) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.handler(conn, index)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    stop = close
+
+
+class EchoServer(RawOrigin):
+    """Raw TCP: reads until the client half-closes, then sends ``reply + data`` and closes."""
+
+    def __init__(self, reply: bytes = b"echo:") -> None:
+        self.reply = reply
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+        super().__init__()
+
+    def serve(self, conn: socket.socket, index: int) -> None:
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -210,15 +239,20 @@ class EchoServer:
             while chunk := conn.recv(65536):
                 data += chunk
             conn.sendall(self.reply + bytes(data))
-        except OSError:
-            pass
         finally:
-            conn.close()
             with self._lock:
                 self.active -= 1
 
-    def stop(self) -> None:
-        self.sock.close()
+
+def read_request_head(conn: socket.socket) -> bytes:
+    """Bytes up to and including the blank line, one recv at a time (nothing read beyond)."""
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        byte = conn.recv(1)
+        if not byte:
+            return data
+        data += byte
+    return data
 
 
 if __name__ == "__main__":  # python -m tests.upstream: serve until stdin closes (soak tests)
