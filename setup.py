@@ -1,17 +1,22 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "([^"]+)"', Path("dprl/version.py").read_text(encoding="utf-8"))[1]
 
 setup(
     name="dprl",
-    version="0.1.0",
+    version=VERSION,
     description="HTTP(S) forward proxy that caps concurrent upstream connections per host, locally or fleet-wide through Redis",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dprl", "dprl.*"]),
-    package_data={"dprl": ["lua/*.lua"]},
+    package_data={"dprl.redis": ["lua/*.lua"]},
     install_requires=[
         "gevent>=24.2",
-        "redis[hiredis]>=5.0",
+        "hiredis>=2.0",
         "configargparse>=1.7",
     ],
     extras_require={
@@ -22,6 +27,7 @@ setup(
             "trustme>=1.1",
             "hypothesis>=6.100",
             "h11>=0.14",
+            "redis>=5.0",
             "ruff>=0.6",
         ],
     },

@@ -1,118 +1,367 @@
-"""The one typed configuration object, validated once at start.
+"""Every option of dprl, defined once: flag, env var, default, type, check, help, README row.
 
-The CLI fills it from flags, env vars and an INI file (``cli.py``); the library fills it
-from keyword arguments. Every check lives in ``validate`` so both paths agree.
+``Config`` is a frozen dataclass whose fields *are* the option table: the CLI builds its
+flags, env vars and INI keys from the fields' metadata, the library passes keywords,
+``scripts/options-table`` prints the README's table from it (a test holds the two
+together), and each value is checked and normalised exactly once, when a Config is made.
+A bad value is a ``ConfigError`` with a one-line message meant for a user.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 from urllib.parse import quote
 
-from .access import (
-    DEFAULT_ALLOW_CLIENTS,
-    DEFAULT_DENY_DESTINATIONS,
-    AccessPolicy,
-    parse_credentials,
-    parse_networks,
-    parse_ports,
-)
 from .errors import ConfigError
-from .hosts import normalize_host_spec, split_authority
+from .http.target import split_authority
+from .limits.hosts import HostKey, normalize_host_spec
+from .redis.address import RedisAddress
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+REDIS_POLICIES = ("reject", "allow", "local")
+DEFAULT_ALLOW_CLIENTS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
+DEFAULT_DENY_DESTINATIONS = "169.254.0.0/16"
 
 
-@dataclass
+# value parsers (text as typed on a command line, in an env var or an INI file) ------------
+def parse_host_limit(text: str) -> tuple[str, int]:
+    """``HOST=N`` (the host is normalised later, once, with the rest of the limits)."""
+    host, sep, number = text.partition("=")
+    host, number = host.strip(), number.strip()
+    if not sep or not host or not number.isdigit():
+        raise ConfigError(f"host limit must be HOST=N with N a whole number, got {text!r}")
+    return host, int(number)
+
+
+def parse_host_limits(text: str) -> dict[str, int]:
+    """Comma-separated ``HOST=N`` pairs."""
+    return dict(parse_host_limit(item) for item in text.split(",") if item.strip())
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in (i.strip() for i in text.split(",")):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"{item!r} is not an IP address or CIDR range") from None
+    return tuple(networks)
+
+
+def parse_ports(text: str) -> frozenset[int] | None:
+    """``443,8443,9000-9100`` -> the set of ports; empty text -> None (any port)."""
+    if not text.strip():
+        return None
+    ports: set[int] = set()
+    for item in (i.strip() for i in text.split(",")):
+        low, sep, high = item.partition("-")
+        try:
+            first, last = int(low), int(high if sep else low)
+        except ValueError:
+            raise ConfigError(f"{item!r} is not a port or a range") from None
+        if not 0 < first <= last < 65536:
+            raise ConfigError(f"{item!r} is not within 1-65535")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+def read_credentials(inline: str, path: str) -> tuple[bytes, ...]:
+    """``user:password`` pairs from the option and from a file (one a line, # comments)."""
+    lines = [("proxy-auth", inline)] if inline else []
+    if path:
+        try:
+            with open(path, encoding="utf-8") as source:
+                lines += [(f"proxy-auth-file line {n}", line) for n, line in enumerate(source.read().splitlines(), 1)]
+        except OSError as exc:
+            raise ConfigError(f"proxy-auth-file: cannot read {path}: {exc.strerror}") from None
+    credentials = []
+    for where, line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, _ = line.partition(":")
+        if not sep or not user:
+            raise ConfigError(f"{where}: expected user:password")
+        credentials.append(line.encode("utf-8"))
+    return tuple(credentials)
+
+
+# checks -------------------------------------------------------------------------------------
+def _at_least(low: float, what: str = "") -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value < low:
+            raise ConfigError(f"must be {what or f'at least {low:g}'}, got {value}")
+        return value
+
+    return check
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ConfigError(f"must be more than 0, got {value}")
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    shown = [c for c in choices if c != "warning"]
+    listed = f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+    def check(value: str) -> str:
+        if value.lower() not in choices:
+            raise ConfigError(f"must be {listed}; got {value!r}")
+        return value.lower()
+
+    return check
+
+
+def _port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"must be 0-65535, got {value}")
+    return value
+
+
+def _not_empty(value: str) -> str:
+    if not value:
+        raise ConfigError("must not be empty")
+    return value
+
+
+def _redis_addr(value: str) -> str:
+    if value:
+        try:
+            split_authority(value, 6379)
+        except ValueError as exc:
+            raise ConfigError(f"must be host:port: {exc}") from None
+    return value
+
+
+def _redis_prefix(value: str) -> str:
+    if not value or any(c in value for c in "{} \t\r\n"):
+        raise ConfigError(f"must be non-empty, without braces or spaces: {value!r}")
+    return value
+
+
+def _host_limits(value: dict[str, int]) -> dict[HostKey, int]:
+    limits = {}
+    for host, limit in value.items():
+        try:
+            key = normalize_host_spec(host)
+        except ValueError as exc:
+            raise ConfigError(f"host limit {host!r}: {exc}") from None
+        if int(limit) < 0:
+            raise ConfigError(f"host limit for {host!r} must be 0 or more, got {limit}")
+        limits[key] = int(limit)
+    return limits
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    env: str,
+    parse: Callable[[str], Any] | None = None,
+    check: Callable[[Any], Any] | None = None,
+    readme_default: str | None = None,
+    metavar: str | None = None,
+    repeat_flag: tuple[str, str, str] | None = None,
+) -> Any:
+    """A Config field that is an option. ``parse`` turns text (flag, env, INI) into the value
+    (default: the field's type); ``check`` validates and may normalise it; ``repeat_flag`` is
+    (flag, metavar, help) of a repeatable flag that adds single entries to a mapping."""
+    metadata = {
+        "env": env,
+        "help": help,
+        "parse": parse,
+        "check": check,
+        "readme_default": readme_default,
+        "metavar": metavar,
+        "repeat_flag": repeat_flag,
+    }
+    factory = (lambda: dict(default)) if isinstance(default, dict) else None
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
 class Config:
-    port: int = 8080
-    bind: str = "0.0.0.0"
-    max_connections: int = 0  # default per-host cap; 0 = unlimited
-    host_limits: dict[str, int] = field(default_factory=dict)
-    log_level: str = "info"
-    redis_addr: str = ""
-    redis_password: str = ""
-    redis_db: int = 0
-    redis_url: str = ""  # redis://, rediss:// or unix://; alternative to redis_addr
-    redis_prefix: str = "proxy_rate_limiter"
-    redis_timeout: float = 0.5  # connect and per-call timeout
-    lease_ttl: float = 15.0  # a dead worker's slots come back within this
-    on_redis_error: str = "reject"  # reject | allow | local
-    connect_timeout: float = 10.0  # upstream dial, including name resolution
-    header_timeout: float = 30.0  # a client's whole request head must arrive within this
-    idle_timeout: float = 60.0  # keep-alive idle, and the longest stall in a request body
-    shutdown_timeout: float = 10.0
-    max_request_line: int = 8192
-    max_header_size: int = 65536
-    max_header_count: int = 100
-    max_clients: int = 10000
-    refusal_log_interval: float = 10.0
-    tunnel_idle_timeout: float = 0.0  # close a tunnel with no bytes either way for this long; 0 = never
-    allow_clients: str = DEFAULT_ALLOW_CLIENTS  # CIDRs allowed to use the proxy
-    proxy_auth: str = ""  # user:password (Basic); empty = no authentication
-    proxy_auth_file: str = ""  # one user:password a line
-    connect_ports: str = ""  # CONNECT destination ports, e.g. 443,8443; empty = any
-    deny_destinations: str = DEFAULT_DENY_DESTINATIONS  # refused after name resolution
+    # listening ------------------------------------------------------------------------------
+    port: int = option(8080, "port to listen on (0 picks a free one)", env="DPRL_PORT", check=_port)
+    bind: str = option("0.0.0.0", "address to listen on", env="DPRL_BIND", check=_not_empty)
+    max_clients: int = option(10000, "concurrent client connections", env="DPRL_MAX_CLIENTS", check=_at_least(1))
+    # limits ---------------------------------------------------------------------------------
+    max_connections: int = option(
+        0,
+        "default cap on concurrent upstream connections per host (0 = unlimited)",
+        env="DPRL_MAX_CONNECTIONS",
+        check=_at_least(0, "0 (unlimited) or more"),
+    )
+    host_limits: dict[str, int] = option(
+        {},
+        "per-host caps as HOST=N,HOST=N (INI: a [host-limits] section)",
+        env="DPRL_HOST_LIMITS",
+        parse=parse_host_limits,
+        check=_host_limits,
+        readme_default="",
+        metavar="HOST=N,...",
+        repeat_flag=(
+            "--host-limit",
+            "HOST=N",
+            "cap for one host (repeatable); overrides the same host in --host-limits",
+        ),
+    )
+    # timeouts -------------------------------------------------------------------------------
+    connect_timeout: float = option(
+        10.0,
+        "seconds to resolve and connect to an upstream (then 504)",
+        env="DPRL_CONNECT_TIMEOUT",
+        check=_positive,
+    )
+    upstream_timeout: float = option(
+        60.0,
+        "seconds an upstream may take to send a response head (then 504; 0 = no limit)",
+        env="DPRL_UPSTREAM_TIMEOUT",
+        check=_at_least(0, "0 (no limit) or more"),
+    )
+    header_timeout: float = option(
+        30.0,
+        "seconds for a client to send a whole request head (then 408)",
+        env="DPRL_HEADER_TIMEOUT",
+        check=_positive,
+    )
+    idle_timeout: float = option(
+        60.0,
+        "seconds a keep-alive client connection may sit idle, or stall mid-body",
+        env="DPRL_IDLE_TIMEOUT",
+        check=_positive,
+    )
+    tunnel_idle_timeout: float = option(
+        0.0,
+        "close a tunnel that carried no byte either way for this many seconds (0 = never)",
+        env="DPRL_TUNNEL_IDLE_TIMEOUT",
+        check=_at_least(0, "0 (off) or more"),
+        readme_default="0 (off)",
+    )
+    tcp_keepalive: float = option(
+        60.0,
+        "seconds of silence before TCP keepalive probes on client and upstream sockets (0 = off)",
+        env="DPRL_TCP_KEEPALIVE",
+        check=_at_least(0, "0 (off) or more"),
+    )
+    shutdown_timeout: float = option(
+        10.0,
+        "seconds open connections get to finish on SIGTERM/SIGINT",
+        env="DPRL_SHUTDOWN_TIMEOUT",
+        check=_at_least(0, "0 or more"),
+    )
+    # request limits -------------------------------------------------------------------------
+    max_request_line: int = option(
+        8192, "longest request line, bytes (then 414)", env="DPRL_MAX_REQUEST_LINE", check=_at_least(1)
+    )
+    max_header_size: int = option(
+        65536, "largest request head, bytes (then 431)", env="DPRL_MAX_HEADER_SIZE", check=_at_least(1)
+    )
+    max_header_count: int = option(
+        100, "most header fields in a request (then 431)", env="DPRL_MAX_HEADER_COUNT", check=_at_least(1)
+    )
+    # access ---------------------------------------------------------------------------------
+    allow_clients: str = option(
+        DEFAULT_ALLOW_CLIENTS,
+        "comma-separated CIDRs of clients allowed to use the proxy (others get 403)",
+        env="DPRL_ALLOW_CLIENTS",
+        readme_default="loopback + private ranges",
+    )
+    proxy_auth: str = option(
+        "",
+        "require Basic proxy authentication with this USER:PASSWORD (407 otherwise)",
+        env="DPRL_PROXY_AUTH",
+    )
+    proxy_auth_file: str = option(
+        "", "file of USER:PASSWORD lines accepted for proxy authentication", env="DPRL_PROXY_AUTH_FILE"
+    )
+    connect_ports: str = option(
+        "",
+        "ports CONNECT may reach, e.g. 443,8443,9000-9100 (empty = any)",
+        env="DPRL_CONNECT_PORTS",
+        readme_default="any",
+    )
+    deny_destinations: str = option(
+        DEFAULT_DENY_DESTINATIONS,
+        "comma-separated CIDRs never connected to, checked after name resolution (403)",
+        env="DPRL_DENY_DESTINATIONS",
+    )
+    # logging --------------------------------------------------------------------------------
+    log_level: str = option("info", "debug, info, warn or error", env="LOG_LEVEL", check=_one_of(LOG_LEVELS))
+    refusal_log_interval: float = option(
+        10.0,
+        "seconds between the aggregated 'refused N connections to HOST' warnings",
+        env="DPRL_REFUSAL_LOG_INTERVAL",
+        check=_positive,
+    )
+    # distributed mode -----------------------------------------------------------------------
+    redis_url: str = option(
+        "",
+        "Redis URL (redis://, rediss:// for TLS, unix://): distributed mode; empty = local mode",
+        env="REDIS_URL",
+    )
+    redis_addr: str = option("", "Redis host:port, instead of --redis-url", env="REDIS_ADDR", check=_redis_addr)
+    redis_password: str = option("", "Redis password (with --redis-addr)", env="REDIS_PASSWORD")
+    redis_db: int = option(
+        0, "Redis database number (with --redis-addr)", env="REDIS_DB", check=_at_least(0, "0 or more")
+    )
+    redis_prefix: str = option(
+        "proxy_rate_limiter", "prefix of every Redis key", env="DPRL_REDIS_PREFIX", check=_redis_prefix
+    )
+    redis_timeout: float = option(
+        0.5, "seconds to connect to Redis and for each call", env="DPRL_REDIS_TIMEOUT", check=_positive
+    )
+    lease_ttl: float = option(
+        15.0,
+        "seconds after which a dead worker's slots are free again (refreshed every third of it)",
+        env="DPRL_LEASE_TTL",
+        check=_at_least(0.3),
+    )
+    on_redis_error: str = option(
+        "reject",
+        "when Redis is unreachable: reject (500), allow (fail open) or local (per-process caps)",
+        env="DPRL_ON_REDIS_ERROR",
+        check=_one_of(REDIS_POLICIES),
+    )
 
-    def validate(self) -> Config:
-        """Raise ConfigError (one line, for a user) on the first invalid value."""
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be 0-65535, got {self.port}")
-        if not self.bind:
-            raise ConfigError("bind address must not be empty")
-        if self.max_connections < 0:
-            raise ConfigError(f"max-connections must be 0 (unlimited) or more, got {self.max_connections}")
-        limits: dict[str, int] = {}
-        for host, limit in self.host_limits.items():
-            try:
-                key = normalize_host_spec(host)
-            except ValueError as exc:
-                raise ConfigError(f"host limit {host!r}: {exc}") from None
-            if limit < 0:
-                raise ConfigError(f"host limit for {host!r} must be 0 or more, got {limit}")
-            limits[key] = limit
-        self.host_limits = limits
-        level = self.log_level.lower()
-        if level not in LOG_LEVELS:
-            raise ConfigError(f"log-level must be one of debug, info, warn, error; got {self.log_level!r}")
-        self.log_level = level
-        if self.redis_addr:
-            try:
-                split_authority(self.redis_addr, 6379)
-            except ValueError as exc:
-                raise ConfigError(f"redis-addr must be host:port: {exc}") from None
-        if self.redis_db < 0:
-            raise ConfigError(f"redis-db must be 0 or more, got {self.redis_db}")
+    # derived once from the options above (not options themselves)
+    client_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
+    deny_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
+    connect_port_set: frozenset[int] | None = field(init=False, repr=False, compare=False)
+    credentials: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    redis_address: RedisAddress | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for spec in options():
+            check = spec.metadata["check"]
+            if check is not None:
+                try:
+                    object.__setattr__(self, spec.name, check(getattr(self, spec.name)))
+                except (ConfigError, ValueError) as exc:
+                    raise ConfigError(_message(flag(spec)[2:], exc)) from None
         if self.redis_url and self.redis_addr:
             raise ConfigError("give either redis-url or redis-addr, not both")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"redis-url must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
-        if not self.redis_prefix or any(c in self.redis_prefix for c in "{} \t\r\n"):
-            raise ConfigError(f"redis-prefix must be non-empty, without braces or spaces: {self.redis_prefix!r}")
-        if self.on_redis_error not in ("reject", "allow", "local"):
-            raise ConfigError(f"on-redis-error must be reject, allow or local; got {self.on_redis_error!r}")
-        if self.lease_ttl < 0.3:
-            raise ConfigError(f"lease-ttl must be at least 0.3 seconds, got {self.lease_ttl}")
-        for name in ("connect_timeout", "header_timeout", "idle_timeout", "refusal_log_interval", "redis_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name.replace('_', '-')} must be more than 0, got {getattr(self, name)}")
-        if self.tunnel_idle_timeout < 0:
-            raise ConfigError(f"tunnel-idle-timeout must be 0 (off) or more, got {self.tunnel_idle_timeout}")
-        self.access_policy()  # raises ConfigError on a bad CIDR, port list or credentials file
-        if self.shutdown_timeout < 0:
-            raise ConfigError(f"shutdown-timeout must be 0 or more, got {self.shutdown_timeout}")
-        for name in ("max_request_line", "max_header_size", "max_header_count", "max_clients"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        return self
-
-    def access_policy(self) -> AccessPolicy:
-        return AccessPolicy(
-            allow_clients=parse_networks(self.allow_clients, "allow-clients"),
-            credentials=parse_credentials(self.proxy_auth, self.proxy_auth_file),
-            connect_ports=parse_ports(self.connect_ports),
-            deny_destinations=parse_networks(self.deny_destinations, "deny-destinations"),
-        )
+        url = self.effective_redis_url
+        for name, source, derive in (
+            ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),
+            ("deny_networks", "deny-destinations", lambda: parse_networks(self.deny_destinations)),
+            ("connect_port_set", "connect-ports", lambda: parse_ports(self.connect_ports)),
+            ("credentials", "", lambda: read_credentials(self.proxy_auth, self.proxy_auth_file)),
+            ("redis_address", "redis-url", lambda: RedisAddress.from_url(url) if url else None),
+        ):
+            try:
+                object.__setattr__(self, name, derive())
+            except (ConfigError, ValueError) as exc:
+                raise ConfigError(_message(source, exc) if source else str(exc)) from None
 
     @property
     def effective_redis_url(self) -> str:
@@ -125,26 +374,53 @@ class Config:
         return ""
 
 
-def parse_host_limit(text: str) -> tuple[str, int]:
-    """``HOST=N`` as written on the command line, in env vars and in the INI file."""
-    host, sep, number = text.partition("=")
-    host, number = host.strip(), number.strip()
-    if not sep or not host or not number.isdigit():
-        raise ConfigError(f"host limit must be HOST=N with N a whole number, got {text!r}")
-    try:
-        return normalize_host_spec(host), int(number)
-    except ValueError as exc:
-        raise ConfigError(f"host limit {text!r}: {exc}") from None
+def _message(name: str, exc: Exception) -> str:
+    """One line: ``port must be 0-65535, got 70000`` or ``allow-clients: 'x' is not ...``."""
+    text = str(exc)
+    return f"{name} {text}" if text.startswith("must ") else f"{name}: {text}"
 
 
-def parse_host_limits(text: str) -> dict[str, int]:
-    """Comma-separated ``HOST=N`` pairs (``DPRL_HOST_LIMITS``)."""
-    limits: dict[str, int] = {}
-    for item in text.split(","):
-        if item.strip():
-            host, limit = parse_host_limit(item)
-            limits[host] = limit
-    return limits
+def options() -> list[Any]:
+    """The option fields of Config, in table order."""
+    return [spec for spec in fields(Config) if spec.init]
 
 
-__all__ = ["Config", "parse_host_limit", "parse_host_limits"]
+def flag(spec: Any) -> str:
+    return "--" + spec.name.replace("_", "-")
+
+
+def parser_for(spec: Any) -> Callable[[str], Any]:
+    """Text -> value for an option (what argparse applies to flags, env vars and INI values)."""
+    if spec.metadata["parse"] is not None:
+        return spec.metadata["parse"]
+    return {"int": int, "float": float, "str": str}[spec.type]
+
+
+def readme_default(spec: Any) -> str:
+    shown = spec.metadata["readme_default"]
+    if shown is not None:
+        return shown
+    return (
+        ""
+        if spec.default in ("", None)
+        else f"{spec.default:g}"
+        if isinstance(spec.default, float)
+        else str(spec.default)
+    )
+
+
+DEFAULTS = Config()
+
+
+def markdown_table() -> str:
+    """The README's table of options, rendered from the fields (``scripts/options-table``)."""
+    rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
+    for spec in options():
+        meta = spec.metadata
+        shown = readme_default(spec)
+        rows.append(f"| `{flag(spec)}` | `{meta['env']}` | {shown} | {meta['help']} |")
+        if meta["repeat_flag"] is not None:
+            repeat, metavar, text = meta["repeat_flag"]
+            rows.append(f"| `{repeat} {metavar}` | | | {text} |")
+    rows.append("| `--config` | `DPRL_CONFIG` | | INI file holding any of the above |")
+    return "\n".join(rows)

@@ -1,14 +1,14 @@
-"""Exceptions that cross module boundaries.
+"""Exceptions that cross package boundaries (HTTP parsing has its own: ``http.ProtocolError``).
 
-Each error already knows the HTTP status to answer with, so the session that catches it
-does not have to re-derive it (h11 does the same with ``RemoteProtocolError``).
+Each error an answer can come from already knows its HTTP status, so the session that
+catches it does not have to re-derive it.
 """
 
 from __future__ import annotations
 
 
 class ProxyError(Exception):
-    """Base class: a request that cannot be served, and the status that says why."""
+    """A request that cannot be served, and the status that says why."""
 
     status: int = 502
 
@@ -18,23 +18,13 @@ class ProxyError(Exception):
             self.status = status
 
 
-class ClientProtocolError(ProxyError):
-    """The client broke HTTP (bad framing, oversize head, bad target): a 4xx."""
-
-    status = 400
-
-
 class UpstreamError(ProxyError):
-    """The upstream could not be reached or broke HTTP: 502, or 504 for a connect timeout.
+    """The upstream could not be reached, did not answer in time, or broke HTTP.
 
-    Parsing code is shared by both sides and names client statuses (400, 431...); for the
-    upstream side any of those becomes 502, which is what the client must see.
+    502 (unreachable, broken), 503 (the proxy is out of descriptors), 504 (timed out).
     """
 
     status = 502
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message, status if status is not None and status >= 500 else None)
 
 
 class AccessDenied(ProxyError):
@@ -44,7 +34,10 @@ class AccessDenied(ProxyError):
 
 
 class ConnectionLost(Exception):
-    """A peer closed or reset its connection; ``side`` is ``"client"`` or ``"upstream"``."""
+    """A peer closed or reset its connection, or stalled past a deadline.
+
+    ``side`` is ``"client"`` or ``"upstream"``.
+    """
 
     def __init__(self, side: str, reason: str = "closed", timed_out: bool = False) -> None:
         super().__init__(f"{side} connection {reason}")
@@ -53,17 +46,30 @@ class ConnectionLost(Exception):
 
 
 class LimitExceeded(Exception):
-    """The host is at its cap: the connection is refused with HTTP 500."""
+    """The host key is at its cap: the connection is refused (HTTP 500 by default)."""
 
-    def __init__(self, host: str, limit: int) -> None:
-        super().__init__(f"connection limit reached for {host} (limit {limit})")
-        self.host = host
+    def __init__(self, key: str, limit: int) -> None:
+        super().__init__(f"connection limit reached for {key} (limit {limit})")
+        self.key = key
         self.limit = limit
+
+    @property
+    def host(self) -> str:
+        """The host key (its name in dprl 0.1, kept for code that reads it)."""
+        return self.key
 
 
 class LimiterUnavailable(Exception):
     """The shared counter store cannot answer and the failure policy says refuse."""
 
 
+class RedisUnavailable(Exception):
+    """Redis could not be reached, or did not answer in time."""
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line meant for a user."""
+
+
+class ListenError(OSError):
+    """The proxy's listening socket could not be opened (address in use, permission...)."""

@@ -33,7 +33,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "c
 
 
 def assert_no_slots(proxy: ProxyRateLimiter) -> None:
-    wait_for(lambda: not proxy.limiter.active_hosts(), what="all slots released")
+    wait_for(lambda: not proxy.limiter.process_counts(), what="all slots released")
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def make_proxy() -> Iterator[Callable[..., ProxyRateLimiter]]:
         for proxy in started:
             proxy.stop(timeout=2)
     for proxy in started:
-        assert not proxy.limiter.active_hosts(), f"slots left after stop: {proxy.limiter.active_hosts()}"
+        assert not proxy.limiter.process_counts(), f"slots left after stop: {proxy.limiter.process_counts()}"
 
 
 @pytest.fixture

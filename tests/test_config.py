@@ -119,7 +119,7 @@ def _run_cli(args, env=None, tmp_path=None):
         (["--host-limit", "bad host=1"], {}, None, "invalid host name"),
         ([], {"DPRL_PORT": "-5"}, None, "port must be 0-65535"),
         ([], {"DPRL_HOST_LIMITS": "x.example.com"}, None, "HOST=N"),
-        (["--log-level", "loud"], {}, None, "log-level must be one of"),
+        (["--log-level", "loud"], {}, None, "log-level must be debug, info, warn or error"),
         (["--redis-addr", "127.0.0.1:notaport"], {}, None, "redis-addr"),
         (["--connect-timeout", "0"], {}, None, "connect-timeout must be more than 0"),
         (["--no-such-flag"], {}, None, "unrecognized arguments"),
@@ -190,3 +190,31 @@ def test_distributed_options_and_redis_url_from_addr(monkeypatch):
     assert parse_config([]).effective_redis_url == "rediss://redis.internal:6380/1"
     monkeypatch.delenv("REDIS_URL")
     assert parse_config([]).effective_redis_url == ""  # local mode
+
+
+def test_readme_table_of_options_is_the_option_table():
+    """Every option is defined once (dprl/config.py); the README's table is rendered from it."""
+    from pathlib import Path
+
+    from dprl.config import markdown_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, "README.md's table of options differs: paste the output of scripts/options-table"
+
+
+def test_help_lists_every_option_with_its_env_var():
+    from dprl.config import flag, options
+
+    text = _run_cli(["--help"]).stdout
+    for spec in options():
+        assert flag(spec) in text and spec.metadata["env"] in text, flag(spec)
+
+
+def test_library_and_cli_build_the_same_config():
+    """One table, two ways in: keywords and flags reach the same, already checked, Config."""
+    from dprl import ProxyRateLimiter
+    from dprl.config import Config
+
+    from_cli = parse_config(["--port", "0", "--max-connections", "7", "--host-limit", "API.example.com:443=3"])
+    library = ProxyRateLimiter(0, 7, bind="0.0.0.0", host_limits={"api.example.com": 3})
+    assert from_cli == library.config == Config(port=0, max_connections=7, host_limits={"api.example.com": 3})

@@ -216,7 +216,7 @@ def test_library_active_connections_is_fleet_wide(redis_server, redis_prefix, up
         socks = [proxy_connect(first, target)[0], proxy_connect(second, target)[0], proxy_connect(second, target)[0]]
         assert first.active_connections_for_host(target) == 3
         assert second.active_connections_for_host(target) == 3
-        assert first.limiter.active_hosts() == {target: 1}
+        assert first.limiter.process_counts() == {target: 1}
         for sock in socks:
             sock.close()
         wait_for(lambda: first.active_connections_for_host(target) == 0, what="fleet count back to 0")

@@ -96,7 +96,7 @@ def test_request_to_another_host_releases_the_previous_slot(proxy, upstream):
     with _session(proxy) as session:
         assert session.get(f"http://127.0.0.1:{upstream.port}/a").status_code == 200
         assert session.get(f"http://localhost:{upstream.port}/b").status_code == 200
-        assert proxy.limiter.active_hosts() == {f"localhost:{upstream.port}": 1}
+        assert proxy.limiter.process_counts() == {f"localhost:{upstream.port}": 1}
 
 
 def test_large_download_is_streamed(proxy, upstream):

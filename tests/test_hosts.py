@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dprl.hosts import HostLimits, host_key, normalize_host_spec, split_authority
+from dprl.http.target import split_authority
+from dprl.limits.hosts import HostLimits, host_key, normalize_host_spec
 
 
 @pytest.mark.parametrize(

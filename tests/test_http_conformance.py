@@ -272,7 +272,7 @@ def test_port_with_leading_zeros_is_the_same_port(proxy, origin):
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(f"GET http://127.0.0.1:000{origin.port}/p HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert read_head(sock).startswith(b"HTTP/1.1 200")
-        assert proxy.limiter.active_hosts() == {origin.authority: 1}
+        assert proxy.limiter.process_counts() == {origin.authority: 1}
     assert origin.requests[0].header("host") == [origin.authority]
 
 
@@ -446,7 +446,7 @@ def test_upgrade_request_is_tunnelled_after_101(proxy, make_origin, scheme):
     request = origin.received[0].lower()
     assert request.startswith(b"get /chat http/1.1\r\n"), request
     assert b"upgrade: websocket" in request and b"connection: upgrade" in request
-    wait_for(lambda: not proxy.limiter.active_hosts(), what="the tunnel's slot to come back")
+    wait_for(lambda: not proxy.limiter.process_counts(), what="the tunnel's slot to come back")
 
 
 @pytest.mark.parametrize(

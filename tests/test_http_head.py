@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dprl.errors import ClientProtocolError, UpstreamError
-from dprl.http_head import (
-    BodyFraming,
-    Framing,
-    parse_chunk_line,
-    parse_request_head,
-    parse_response_head,
-    request_framing,
-    response_framing,
-)
+from dprl.http.errors import ProtocolError
+from dprl.http.framing import BodyFraming, Framing, parse_chunk_line, request_framing, response_framing
+from dprl.http.head import find_head_end, parse_request_head, parse_response_head
 
 
 def test_request_head_fields_keep_case_and_strip_ows():
     head = parse_request_head(b"GET http://a/ HTTP/1.1\r\nX-Case:  value with  spaces \t\r\nEmpty:\r\n\r\n")
     assert head.method == "GET" and head.target == "http://a/" and head.version == "HTTP/1.1"
-    assert head.headers == [("X-Case", "value with  spaces"), ("Empty", "")]
+    assert head.fields == [("X-Case", "value with  spaces"), ("Empty", "")]
 
 
 @pytest.mark.parametrize(
@@ -33,7 +26,7 @@ def test_request_head_fields_keep_case_and_strip_ows():
     ],
 )
 def test_bad_request_heads(head, status):
-    with pytest.raises(ClientProtocolError) as info:
+    with pytest.raises(ProtocolError) as info:
         parse_request_head(head)
     assert info.value.status == status
 
@@ -49,7 +42,7 @@ def test_request_framing_rules():
     assert framing(b"Content-Length: 010\r\n") == BodyFraming(Framing.LENGTH, 10)
     assert not framing(b"Content-Length: 0\r\n").has_body
     assert framing(b"Transfer-Encoding: ,Chunked\r\n") == BodyFraming(Framing.CHUNKED, codings=("chunked",))
-    with pytest.raises(ClientProtocolError) as info:
+    with pytest.raises(ProtocolError) as info:
         framing(b"Transfer-Encoding: gzip, chunked\r\n")
     assert info.value.status == 501
     for bad in (
@@ -60,9 +53,9 @@ def test_request_framing_rules():
         b"Transfer-Encoding: chunked, gzip\r\n",
         b"Transfer-Encoding:\r\n",
     ):
-        with pytest.raises(ClientProtocolError):
+        with pytest.raises(ProtocolError):
             framing(bad)
-    with pytest.raises(ClientProtocolError):
+    with pytest.raises(ProtocolError):
         framing(b"Transfer-Encoding: chunked\r\n", b"1.0")
 
 
@@ -79,16 +72,35 @@ def test_response_framing_rules():
     assert framing(200, b"Transfer-Encoding: chunked\r\n") == BodyFraming(Framing.CHUNKED, codings=("chunked",))
     assert framing(200, b"Transfer-Encoding: gzip\r\n") == BodyFraming(Framing.CLOSE, codings=("gzip",))
     assert framing(200, b"Transfer-Encoding: gzip, chunked\r\n").codings == ("gzip", "chunked")
-    with pytest.raises(UpstreamError):
+    with pytest.raises(ProtocolError):
         framing(200, b"Content-Length: 3\r\nContent-Length: 4\r\n")
-    with pytest.raises(UpstreamError):
+    with pytest.raises(ProtocolError):
         parse_response_head(b"HTTP/1.1 2000 OK\r\n\r\n")
     assert parse_response_head(b"HTTP/1.1 200\r\n\r\n").reason == ""
 
 
 def test_chunk_lines():
-    assert parse_chunk_line(b"1a", ClientProtocolError) == 26
-    assert parse_chunk_line(b'A;name=value;q="x y"', ClientProtocolError) == 10
+    assert parse_chunk_line(b"1a") == 26
+    assert parse_chunk_line(b'A;name=value;q="x y"') == 10
     for bad in (b"", b"g", b"-1", b"1 2", b"1;", b'1;a="unterminated', b"0" * 17):
-        with pytest.raises(ClientProtocolError):
-            parse_chunk_line(bad, ClientProtocolError)
+        with pytest.raises(ProtocolError):
+            parse_chunk_line(bad)
+
+
+@pytest.mark.parametrize(
+    ("data", "end", "status"),
+    [
+        (b"GET http://a/ HTTP/1.1\r\nX: y\r\n\r\nrest", 32, None),
+        (b"GET http://a/ HTTP/1.1\r\nX: y\r\n", -1, None),  # not complete yet
+        (b"GET http://a/ HTTP/1.1\nX: y\n\n", None, 400),  # bare LF: refused at once
+        (b"GET /" + b"a" * 100, None, 414),  # first line over the limit, still arriving
+        (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 40, None, 431),  # head over the limit
+    ],
+)
+def test_head_delimiting_and_its_limits(data, end, status):
+    if status is None:
+        assert find_head_end(data, max_line=64, max_head=200) == end
+    else:
+        with pytest.raises(ProtocolError) as info:
+            find_head_end(data, max_line=64, max_head=200)
+        assert info.value.status == status

@@ -50,16 +50,19 @@ from dprl import ProxyRateLimiter
 
 port = int(sys.argv[1])
 prl = ProxyRateLimiter(0, 3).start()
-url = f"http://127.0.0.1:{port}/g"
+url = f"http://127.0.0.1:{port}/hold"  # held at the upstream until the test releases it
 session = lambda: requests.get(url, proxies={"http": prl.proxy_url}, headers={"Connection": "close"})
 jobs = [gevent.spawn(session) for _ in range(10)]
+while sum(1 for job in jobs if job.ready()) < 7:  # the 7 over the cap are refused at once
+    gevent.sleep(0.01)
+print("refused", flush=True)
 gevent.joinall(jobs, timeout=20)
 results = {
     "statuses": sorted(job.value.status_code for job in jobs if job.value is not None),
     "in_hub": prl._thread is None,
 }
 prl.stop(timeout=5)
-results["after_stop"] = prl.limiter.active_hosts()
+results["after_stop"] = prl.limiter.process_counts()
 print(json.dumps(results))
 """
 
@@ -81,10 +84,25 @@ def test_plain_threaded_program_uses_the_proxy_from_its_main_thread(upstream):
 
 
 def test_monkey_patched_program_serves_from_its_own_hub(upstream):
-    results = _run(PATCHED_PROGRAM, upstream.port)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(PATCHED_PROGRAM), str(upstream.port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "refused", proc.stderr.read()
+        upstream.wait_active(3)
+        assert upstream.active == 3  # the other 7 were refused, none got through
+        upstream.release()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    results = json.loads(out.strip().splitlines()[-1])
     assert results["in_hub"]
-    assert results["statuses"] and set(results["statuses"]) <= {200, 500}
-    assert upstream.max_active <= 3
+    assert results["statuses"] == [200] * 3 + [500] * 7, results
+    assert upstream.max_active == 3
     assert results["after_stop"] == {}
 
 
@@ -99,7 +117,7 @@ def test_stop_waits_for_in_flight_requests_up_to_its_timeout(upstream):
         upstream.release()
         assert future.result().text == "held"
         stopper.result()
-    assert proxy.limiter.active_hosts() == {}
+    assert proxy.limiter.process_counts() == {}
 
 
 def test_stop_closes_connections_left_after_its_timeout(upstream):
@@ -107,7 +125,7 @@ def test_stop_closes_connections_left_after_its_timeout(upstream):
     sock, head = proxy_connect(proxy, f"127.0.0.1:{upstream.port}")
     assert b" 200 " in head
     proxy.stop(timeout=0.2)
-    assert proxy.limiter.active_hosts() == {}
+    assert proxy.limiter.process_counts() == {}
     assert sock.recv(10) == b""
     sock.close()
 

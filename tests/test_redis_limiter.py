@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 
 import gevent
 import pytest
 
+from dprl.config import DEFAULTS
 from dprl.errors import LimiterUnavailable, LimitExceeded
-from dprl.hosts import HostLimits
-from dprl.redis_limiter import RedisLimiter
+from dprl.limits.hosts import HostLimits
+from dprl.redis.address import RedisAddress
+from dprl.redis.limiter import RedisLimiter
 
 HOST = "stress.example.com"
 
@@ -20,7 +23,16 @@ def make_worker(redis_server, redis_prefix):
     workers: list[RedisLimiter] = []
 
     def make(limit: int = 5, lease_ttl: float = 5.0, **kwargs) -> RedisLimiter:
-        worker = RedisLimiter(HostLimits(limit), redis_server.url, prefix=redis_prefix, lease_ttl=lease_ttl, **kwargs)
+        settings = {"on_error": DEFAULTS.on_redis_error, "timeout": DEFAULTS.redis_timeout, **kwargs}
+        address = RedisAddress.from_url(redis_server.url)
+        worker = RedisLimiter(
+            HostLimits(limit),
+            address,
+            prefix=redis_prefix,
+            lease_ttl=lease_ttl,
+            log=logging.getLogger("dprl.test"),
+            **settings,
+        )
         worker.start()
         workers.append(worker)
         return worker
@@ -78,7 +90,7 @@ def test_concurrent_cycles_from_several_workers_never_exceed_the_cap_and_end_at_
     assert state["max"] == cap, f"never reached the cap: {state}"
     assert state["admitted"] > 100 and state["refused"] > 100, state
     # releases are sent without waiting; their replies settle the local counts
-    wait_for(lambda: all(not w.active_hosts() for w in workers), timeout=5, what="releases answered")
+    wait_for(lambda: all(not w.process_counts() for w in workers), timeout=5, what="releases answered")
     assert _fleet_count(redis_server, redis_prefix) == 0
 
 
@@ -124,19 +136,27 @@ def test_release_twice_is_impossible(make_worker, redis_server, redis_prefix):
     with worker.acquire(HOST) as slot:
         pass
     slot.release()
-    wait_for(lambda: not worker.active_hosts(), timeout=5, what="the release answered")
+    wait_for(lambda: not worker.process_counts(), timeout=5, what="the release answered")
     assert _fleet_count(redis_server, redis_prefix) == 0
     worker.acquire(HOST).release()
 
 
 def test_redis_down_policy_reject_answers_at_once(redis_server, redis_prefix):
-    worker = RedisLimiter(HostLimits(2), "redis://127.0.0.1:1/0", prefix=redis_prefix, timeout=0.5)
+    worker = RedisLimiter(
+        HostLimits(2),
+        RedisAddress.from_url("redis://127.0.0.1:1/0"),
+        prefix=redis_prefix,
+        lease_ttl=DEFAULTS.lease_ttl,
+        on_error="reject",
+        timeout=0.5,
+        log=logging.getLogger("dprl.test"),
+    )
     started = time.monotonic()
     for _ in range(20):
         with pytest.raises(LimiterUnavailable):
             worker.acquire(HOST)
     assert time.monotonic() - started < 1.5, "each refusal waited for Redis"
-    assert worker.active_hosts() == {}
+    assert worker.process_counts() == {}
     worker.close()
 
 

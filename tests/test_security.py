@@ -26,8 +26,10 @@ def test_clients_outside_the_allow_list_get_403(make_proxy, upstream):
 
 def test_default_allow_list_admits_loopback_and_private_ranges_only():
     from dprl.config import Config
+    from dprl.proxy.access import AccessPolicy
 
-    access = Config().access_policy()
+    config = Config()
+    access = AccessPolicy(config.client_networks, config.credentials, config.connect_port_set, config.deny_networks)
     for ip in ("127.0.0.1", "::1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "fd00::1", "::ffff:127.0.0.1"):
         assert access.client_allowed(ip), ip
     for ip in ("8.8.8.8", "2001:db8::1", "172.32.0.1", "::ffff:8.8.8.8"):
@@ -169,9 +171,21 @@ def test_max_clients_bounds_concurrent_client_connections(make_proxy, upstream):
     wait_for(lambda: len(proxy._server.sessions) == 2, what="two sessions")
     third = socket.create_connection(("127.0.0.1", proxy.port))
     third.sendall(f"GET http://127.0.0.1:{upstream.port}/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".encode())
-    assert not select.select([third], [], [], 0.3)[0], "a third client was served beyond --max-clients 2"
+    # not accepted: it waits in the kernel's accept queue of the listening socket
+    wait_for(lambda: _accept_queue(proxy.port) == 1, what="the third client queued, not accepted")
+    assert len(proxy._server.sessions) == 2 and upstream.connections == 0
     first.close()
     third.settimeout(5)
     assert read_head(third).startswith(b"HTTP/1.1 200")
     for sock in (second, third):
         sock.close()
+
+
+def _accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the socket listening on ``port`` (Linux)."""
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:  # 0A: LISTEN
+                return int(fields[4].split(":")[1], 16)  # rx_queue of a listener: its accept queue
+    raise AssertionError(f"no listener on port {port}")

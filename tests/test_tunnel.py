@@ -104,3 +104,30 @@ def test_client_abort_releases_tunnel_slot(proxy, upstream):
     sock.close()  # RST
     assert_no_slots(proxy)
     wait_for(lambda: upstream.active == 0, what="upstream connection closed by the proxy")
+
+
+def test_an_internal_error_in_a_pipe_callback_ends_the_tunnel_and_frees_its_slot(
+    make_proxy, echo_server, monkeypatch, caplog
+):
+    """Any exception in the hub's callbacks (a bug), not only OSError, ends the tunnel."""
+    from dprl.net import pipe
+
+    def broken_write(self, data):
+        raise AssertionError("injected fault in a pipe callback")
+
+    monkeypatch.setattr(pipe._Direction, "_write", broken_write)
+    proxy = make_proxy(max_connections_per_host=1)
+    sock, head = proxy_connect(proxy, f"127.0.0.1:{echo_server.port}")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    sock.sendall(b"bytes that meet the fault")
+    sock.settimeout(5)
+    assert sock.recv(100) == b"", "the tunnel should end when its pipe fails"
+    sock.close()
+    assert_no_slots(proxy)
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "internal error" in r.getMessage()]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    assert "injected fault" in str(errors[0].exc_info[1])
+    monkeypatch.undo()
+    again, head = proxy_connect(proxy, f"127.0.0.1:{echo_server.port}")  # the cap of 1 is free again
+    assert head.startswith(b"HTTP/1.1 200"), head
+    again.close()

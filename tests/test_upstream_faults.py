@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from .conftest import raw_request, read_head
+from .conftest import raw_request, read_head, wait_for
 from .upstream import RawOrigin
 
 
@@ -79,7 +79,9 @@ def test_ipv6_listener_and_ipv6_destination(make_proxy):
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
         sock.sendall(b"hello")
         assert sock.recv(100) == b"v6:hello"
-    assert proxy.limiter.active(f"[::1]:{port}") in (0, 1)
+        # the upstream has closed; the tunnel lives until the client closes too
+        assert proxy.limiter.fleet_count(f"[::1]:{port}") == 1
+    wait_for(lambda: proxy.limiter.fleet_count(f"[::1]:{port}") == 0, what="the IPv6 tunnel's slot released")
     # an IPv4 client reaches the dual-stack listener too
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")

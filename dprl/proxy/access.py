@@ -14,66 +14,9 @@ import hmac
 import ipaddress
 from collections.abc import Iterable
 
-from .errors import ConfigError
-
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-DEFAULT_ALLOW_CLIENTS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
-DEFAULT_DENY_DESTINATIONS = "169.254.0.0/16"
 REALM = "dprl"
-
-
-def parse_networks(text: str, option: str) -> tuple[IPNetwork, ...]:
-    networks = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(f"{option}: {item!r} is not an IP address or CIDR range") from None
-    return tuple(networks)
-
-
-def parse_ports(text: str) -> frozenset[int] | None:
-    """``443,8443,9000-9100`` -> the set of ports; empty text -> None (any port)."""
-    if not text.strip():
-        return None
-    ports: set[int] = set()
-    for item in text.split(","):
-        low, sep, high = item.strip().partition("-")
-        try:
-            first, last = int(low), int(high if sep else low)
-        except ValueError:
-            raise ConfigError(f"connect-ports: {item.strip()!r} is not a port or a range") from None
-        if not 0 < first <= last < 65536:
-            raise ConfigError(f"connect-ports: {item.strip()!r} is not within 1-65535")
-        ports.update(range(first, last + 1))
-    return frozenset(ports)
-
-
-def parse_credentials(inline: str, path: str) -> tuple[bytes, ...]:
-    """``user:password`` pairs from the option and from a file (one a line, # comments)."""
-    lines = [inline] if inline else []
-    if path:
-        try:
-            with open(path, encoding="utf-8") as source:
-                lines.extend(source.read().splitlines())
-        except OSError as exc:
-            raise ConfigError(f"proxy-auth-file: cannot read {path}: {exc.strerror}") from None
-    credentials = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, _ = line.partition(":")
-        if not sep or not user:
-            where = "proxy-auth" if line == inline.strip() else f"proxy-auth-file line {number}"
-            raise ConfigError(f"{where}: expected user:password")
-        credentials.append(line.encode("utf-8"))
-    return tuple(credentials)
 
 
 def client_ip(address: str) -> IPAddress:
@@ -84,7 +27,10 @@ def client_ip(address: str) -> IPAddress:
 
 
 class AccessPolicy:
-    """Checks made before a slot is taken; each failing check is a 403 or a 407."""
+    """Checks made before a slot is taken; each failing check is a 403 or a 407.
+
+    Built from values the configuration parsed once (networks, credentials, ports).
+    """
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""The limiter interface the server depends on, and the Slot that makes release exactly-once.
+"""The limiter interface the proxy depends on, and the Slot that makes release exactly-once.
 
 A slot stands for one open upstream TCP connection. It is taken before the dial and given
 back when that socket is closed; ``Slot.release`` is idempotent, so every path (normal
@@ -10,19 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from .errors import LimiterUnavailable, LimitExceeded
 from .hosts import HostKey, HostLimits
-
-__all__ = ["LimitExceeded", "Limiter", "LimiterUnavailable", "Slot"]
 
 
 class Slot:
-    """One admitted upstream connection to ``host``; release it once, or use ``with``."""
+    """One admitted upstream connection to ``key``; release it once, or use ``with``."""
 
-    __slots__ = ("_release", "host")
+    __slots__ = ("_release", "key")
 
-    def __init__(self, host: HostKey, release: Callable[[HostKey], None]) -> None:
-        self.host = host
+    def __init__(self, key: HostKey, release: Callable[[HostKey], None]) -> None:
+        self.key = key
         self._release: Callable[[HostKey], None] | None = release
 
     @property
@@ -32,7 +29,7 @@ class Slot:
     def release(self) -> None:
         release, self._release = self._release, None
         if release is not None:
-            release(self.host)
+            release(self.key)
 
     def __enter__(self) -> Slot:
         return self
@@ -41,40 +38,39 @@ class Slot:
         self.release()
 
     def __repr__(self) -> str:
-        state = "released" if self.released else "held"
-        return f"<Slot {self.host} {state}>"
+        return f"<Slot {self.key} {'released' if self.released else 'held'}>"
 
 
-def count_down(counts: dict[HostKey, int], host: HostKey) -> bool:
-    """Decrement ``counts[host]``, dropping the entry at zero; True if it reached zero."""
-    remaining = counts[host] - 1
+def count_down(counts: dict[HostKey, int], key: HostKey) -> bool:
+    """Decrement ``counts[key]``, dropping the entry at zero; True if it reached zero."""
+    remaining = counts[key] - 1
     if remaining:
-        counts[host] = remaining
+        counts[key] = remaining
         return False
-    del counts[host]
+    del counts[key]
     return True
 
 
 class Limiter(ABC):
-    """Counts open upstream connections per host against ``limits``.
+    """Counts open upstream connections per host key against ``limits``.
 
-    Implementations: ``MemoryLimiter`` (one process) and the Redis limiter (a fleet).
+    Implementations: ``MemoryLimiter`` (one process) and ``RedisLimiter`` (a fleet).
     """
 
     def __init__(self, limits: HostLimits) -> None:
         self.limits = limits
 
     @abstractmethod
-    def acquire(self, host: HostKey) -> Slot:
-        """Take a slot for ``host`` or raise LimitExceeded / LimiterUnavailable."""
+    def acquire(self, key: HostKey) -> Slot:
+        """Take a slot for ``key`` or raise LimitExceeded / LimiterUnavailable."""
 
     @abstractmethod
-    def active(self, host: HostKey) -> int:
-        """Open connections to ``host`` as this limiter counts them."""
+    def fleet_count(self, key: HostKey) -> int:
+        """Open connections to ``key`` across every process sharing the caps (this one alone, locally)."""
 
     @abstractmethod
-    def active_hosts(self) -> dict[HostKey, int]:
-        """Hosts with at least one slot held by this process, and their counts."""
+    def process_counts(self) -> dict[HostKey, int]:
+        """Slots held by this process, per host key (keys with none are left out)."""
 
     def start(self) -> None:  # noqa: B027 (an optional hook)
         """Start background work (lease refresh); called in the serving hub."""

@@ -1,20 +1,25 @@
-"""Streaming message bodies from one Endpoint to another, never buffering a whole body.
+"""Message bodies streamed from one endpoint to the other, never buffered whole.
 
 A chunked body is relayed chunk by chunk in canonical form (or de-chunked for an
 HTTP/1.0 client): every chunk-size line is parsed and written again as ``%x CRLF``
 without extensions, and trailers are re-serialised with the fields that must not be
-trailers dropped. The next hop sees exactly the boundaries dprl computed, whatever
-whitespace or extension syntax its own parser would have read differently.
+trailers dropped. The next hop sees exactly the boundaries dprl computed.
 """
 
 from __future__ import annotations
 
-from .endpoint import RECV_SIZE, Endpoint
-from .errors import ConnectionLost
-from .http_head import BodyFraming, Framing, parse_chunk_line, trailer_field
-
-MAX_CHUNK_LINE = 4096
-MAX_TRAILER_FIELDS = 100
+from ..errors import ConnectionLost
+from ..http.errors import ProtocolError
+from ..http.framing import (
+    MAX_TRAILER_FIELDS,
+    BodyFraming,
+    Framing,
+    chunk_line,
+    find_line_end,
+    parse_chunk_line,
+    trailer_field,
+)
+from ..net.endpoint import RECV_SIZE, Endpoint
 
 
 def relay_body(src: Endpoint, dst: Endpoint, framing: BodyFraming, dechunk: bool = False) -> None:
@@ -43,44 +48,43 @@ def relay_exact(src: Endpoint, dst: Endpoint, length: int) -> None:
 
 
 def relay_until_close(src: Endpoint, dst: Endpoint) -> None:
-    while True:
-        data = src.take(RECV_SIZE)
-        if not data:
-            return
+    while data := src.take(RECV_SIZE):
         dst.write(data)
 
 
 def relay_chunked(src: Endpoint, dst: Endpoint, dechunk: bool) -> None:
-    while True:
-        line = src.read_line(MAX_CHUNK_LINE)
-        size = parse_chunk_line(line, src.error)
-        if size == 0:
-            break
+    while size := parse_chunk_line(_read_line(src)):
         if not dechunk:
-            dst.write(b"%x\r\n" % size)
+            dst.write(chunk_line(size))
         relay_exact(src, dst, size)
-        _expect_crlf(src)
+        if src.read_until(_two_bytes) != b"\r\n":
+            raise ProtocolError(400, "chunk data not followed by CRLF")
         if not dechunk:
             dst.write(b"\r\n")
     if not dechunk:
         dst.write(b"0\r\n")
     for _ in range(MAX_TRAILER_FIELDS + 1):
-        line = src.read_line(MAX_CHUNK_LINE)
+        line = _read_line(src)
         if not line:
             break
-        field = trailer_field(line, src.error)
+        field = trailer_field(line)
         if field is not None and not dechunk:
             dst.write(field + b"\r\n")
     else:
-        raise src.error(f"more than {MAX_TRAILER_FIELDS} trailer fields", 400)
+        raise ProtocolError(400, f"more than {MAX_TRAILER_FIELDS} trailer fields")
     if not dechunk:
         dst.write(b"\r\n")
 
 
-def _expect_crlf(src: Endpoint) -> None:
-    while len(src.buf) < 2:
-        if not src.fill():
-            raise ConnectionLost(src.side, "closed in the middle of a chunk")
-    if src.buf[:2] != b"\r\n":
-        raise src.error("chunk data not followed by CRLF", 400)
-    del src.buf[:2]
+def _read_line(src: Endpoint) -> bytes:
+    """One CRLF-terminated line of a chunked body, without its CRLF."""
+    return src.read_until(_line_length)[:-2]
+
+
+def _line_length(buf: bytearray) -> int:
+    end = find_line_end(buf)
+    return end + 2 if end >= 0 else -1
+
+
+def _two_bytes(buf: bytearray) -> int:
+    return 2 if len(buf) >= 2 else -1

@@ -1,13 +1,13 @@
 """The listening server: accept, one greenlet per client, graceful stop.
 
 The server knows the Limiter interface only; it cannot tell the in-memory limiter from
-the Redis one.
+the Redis one. What every session shares (settings, access policy, refusal log, limiter,
+dialer) is built once here and handed to each session as a ``SessionContext``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import socket
 
@@ -15,11 +15,14 @@ import gevent
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from .config import Config
-from .limiter import Limiter
+from ..config import Config
+from ..errors import ListenError
+from ..limits.limiter import Limiter
+from ..net.dial import OUT_OF_DESCRIPTORS, Resolver, keepalive_options
+from .access import AccessPolicy
 from .refusals import RefusalLog
-from .session import ClientSession
-from .upstream import Resolver
+from .session import ClientSession, ServerState, SessionContext
+from .upstream import Dialer, KeepaliveTuner
 
 _FORBIDDEN_BODY = b"dprl: this client address is not allowed to use the proxy\n"
 FORBIDDEN_CLIENT = (
@@ -35,14 +38,29 @@ class ProxyServer(StreamServer):
         super().__init__((settings.bind, settings.port), backlog=1024, spawn=Pool(settings.max_clients))
         self.settings = settings
         self.limiter = limiter
-        self.resolve = resolve
         self.log = log
         self.refusals = RefusalLog(log, settings.refusal_log_interval)
-        self.access = settings.access_policy()
+        self.access = AccessPolicy(
+            settings.client_networks, settings.credentials, settings.connect_port_set, settings.deny_networks
+        )
+        self.keepalive = keepalive_options(settings.tcp_keepalive)
+        self.keepalive_tuner = KeepaliveTuner(self.keepalive)
+        self.context = SessionContext(
+            settings=settings,
+            access=self.access,
+            refusals=self.refusals,
+            limiter=limiter,
+            dialer=Dialer(settings.connect_timeout, resolve, self.access.destination_allowed, self.keepalive_tuner),
+            log=log,
+            state=ServerState(),
+        )
         self._accept_paused = False
         self._accept_delay = 0.0
         self.sessions: set[ClientSession] = set()
-        self.stopping = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.context.state.stopping
 
     def init_socket(self) -> None:
         super().init_socket()
@@ -51,6 +69,8 @@ class ProxyServer(StreamServer):
         # per connection. Deferred accept wakes us only once a request has arrived, so
         # the first read of every connection finds its bytes instead of waiting for them.
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for level, option, value in self.keepalive:  # inherited too: keepalive on every client
+            listener.setsockopt(level, option, value)
         if hasattr(socket, "TCP_DEFER_ACCEPT"):
             with contextlib.suppress(OSError):
                 listener.setsockopt(
@@ -58,9 +78,15 @@ class ProxyServer(StreamServer):
                 )
 
     def start(self) -> None:
-        super().start()
+        try:
+            super().start()
+        except OSError as exc:
+            raise ListenError(
+                exc.errno, f"cannot listen on {self.settings.bind}:{self.settings.port}: {exc.strerror or exc}"
+            ) from None
         self.limiter.start()
         self.refusals.start()
+        self.keepalive_tuner.start()
 
     def do_read(self):  # type: ignore[no-untyped-def]
         """Accept, but out of descriptors (EMFILE) pause instead of failing in a loop.
@@ -71,7 +97,7 @@ class ProxyServer(StreamServer):
         try:
             result = super().do_read()
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if exc.errno not in OUT_OF_DESCRIPTORS:
                 raise
             self._pause_accepting(exc)
             return None
@@ -94,14 +120,14 @@ class ProxyServer(StreamServer):
             self.start_accepting()
 
     def handle(self, sock: socket.socket, address: tuple) -> None:
-        if self.stopping:
+        if self.context.state.stopping:
             return
         if not self.access.client_allowed(address[0]):
             self.refusals.record(f"from {address[0]}: client not in --allow-clients")
             with contextlib.suppress(OSError):
                 sock.sendall(FORBIDDEN_CLIENT)
             return
-        session = ClientSession(self, sock, address)
+        session = ClientSession(self.context, sock, address)
         self.sessions.add(session)
         try:
             session.run()
@@ -115,7 +141,7 @@ class ProxyServer(StreamServer):
         """
         if timeout is None:
             timeout = self.settings.shutdown_timeout
-        self.stopping = True
+        self.context.state.stopping = True
         self.close()
         self.log.info(
             "stopped accepting; %d client connection(s) open, closing in at most %gs", len(self.sessions), timeout
@@ -128,5 +154,6 @@ class ProxyServer(StreamServer):
                 self.pool.join(timeout=timeout)
                 self.pool.kill(block=True, timeout=1)
         finally:
+            self.keepalive_tuner.stop()
             self.refusals.stop()
             self.limiter.close()

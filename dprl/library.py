@@ -16,26 +16,25 @@ import gevent
 import gevent.event
 from gevent import monkey
 
-from .config import Config
-from .hosts import HostLimits, normalize_host_spec
-from .limiter import Limiter
-from .memory_limiter import MemoryLimiter
-from .server import ProxyServer
-from .upstream import Resolver
+from .config import DEFAULTS, Config
+from .limits.hosts import HostLimits, normalize_host_spec
+from .limits.limiter import Limiter
+from .limits.memory import MemoryLimiter
+from .net.dial import Resolver
+from .proxy.server import ProxyServer
 
 DEFAULT_LOGGER = "dprl"
 
 
 def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured."""
-    url = config.effective_redis_url
-    if not url:
+    if config.redis_address is None:
         return MemoryLimiter(limits)
-    from .redis_limiter import RedisLimiter
+    from .redis.limiter import RedisLimiter
 
     return RedisLimiter(
         limits,
-        url,
+        config.redis_address,
         prefix=config.redis_prefix,
         lease_ttl=config.lease_ttl,
         on_error=config.on_redis_error,
@@ -75,7 +74,7 @@ class ProxyRateLimiter:
                 host_limits=dict(host_limits or {}),
                 **settings,  # type: ignore[arg-type]
             )
-        self.config = config.validate()
+        self.config = config  # checked once, when it was made
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
         self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits)
@@ -106,14 +105,15 @@ class ProxyRateLimiter:
         self.limits.remove(host)
 
     def active_connections_for_host(self, host: str) -> int:
-        return self.limiter.active(normalize_host_spec(host))
+        """Open connections to ``host`` fleet-wide (this process alone in local mode)."""
+        return self.limiter.fleet_count(normalize_host_spec(host))
 
     def status(self) -> dict[str, object]:
         """A snapshot for operators (logged on SIGUSR1): clients and slots held by this process."""
         server = self._server
         return {
             "clients": len(server.sessions) if server is not None else 0,
-            "slots": self.limiter.active_hosts(),
+            "slots": self.limiter.process_counts(),
             "mode": self.limiter.mode,
         }
 
@@ -246,7 +246,7 @@ class DistributedProxyRateLimiter(ProxyRateLimiter):
         port: int = 0,
         max_connections_per_host: int = 50,
         redis_url: str = "redis://127.0.0.1:6379/0",
-        lease_ttl: float = 15.0,
+        lease_ttl: float = DEFAULTS.lease_ttl,
         logger: logging.Logger | None = None,
         **settings: object,
     ) -> None:

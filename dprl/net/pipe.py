@@ -1,13 +1,16 @@
-"""Opaque byte pipe between two sockets (CONNECT tunnels, upgraded connections).
+"""The pipe: opaque bytes both ways between two sockets, until both directions end.
 
 Each direction is driven by I/O watchers on the hub's loop rather than by a greenlet of
-its own: an idle tunnel costs two watchers, not a greenlet stack, and a busy one no
+its own: an idle pipe costs two watchers, not a greenlet stack, and a busy one no
 greenlet switches. A direction starts with read()/write() and switches to os.splice
-(zero-copy, through a pipe) once a single read fills the buffer, i.e. once it carries
-bulk data: the pipe's two descriptors are only spent on tunnels that move real volume.
+(zero-copy, through a kernel buffer made of an OS pipe) once a single read fills the
+buffer, i.e. once it carries bulk data: the buffer's two descriptors are only spent on
+pipes that move real volume.
 
 End of stream on one side is passed on as a half-close (shutdown of writes on the
-other); the pipe ends when both directions have ended. A reset or write error ends both.
+other); the pipe ends when both directions have ended. A reset or write error ends both,
+and so does any other exception in a watcher callback: it is reported, never swallowed,
+so whoever holds a slot for the pipe gets it back.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import fcntl
 import os
 import socket
 import time
+from typing import NamedTuple
 
 import gevent
 import gevent.event
 
 CHUNK = 65536
 SPLICE_CHUNK = 1 << 20
-_PIPE_SIZE = 1 << 20
+_SPLICE_BUFFER_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE = hasattr(os, "splice")
 _SPLICE_FLAGS = (getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)) if _SPLICE else 0
@@ -38,27 +42,27 @@ class _Direction:
         "dst",
         "dst_fd",
         "eof",
-        "in_pipe",
+        "in_buffer",
         "pending",
         "pipe",
         "reader",
+        "splice_buffer",
         "src",
         "src_fd",
         "total",
-        "tunnel",
         "writer",
     )
 
-    def __init__(self, tunnel: _Tunnel, src: socket.socket, dst: socket.socket, pending: bytes) -> None:
-        loop = tunnel.loop
-        self.tunnel = tunnel
+    def __init__(self, pipe: _Pipe, src: socket.socket, dst: socket.socket, pending: bytes) -> None:
+        loop = pipe.loop
+        self.pipe = pipe
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.reader = loop.io(self.src_fd, _READ)
         self.writer = loop.io(self.dst_fd, _WRITE)
         self.pending = memoryview(pending) if pending else None
-        self.pipe: tuple[int, int] | None = None
-        self.in_pipe = 0
+        self.splice_buffer: tuple[int, int] | None = None  # (read end, write end) of an OS pipe
+        self.in_buffer = 0
         self.eof = False
         self.done = False
         self.total = 0
@@ -71,7 +75,7 @@ class _Direction:
 
     def on_readable(self) -> None:
         try:
-            if self.pipe is not None:
+            if self.splice_buffer is not None:
                 self._splice_in()
                 return
             try:
@@ -81,7 +85,7 @@ class _Direction:
             if not data:
                 self._end_of_stream()
                 return
-            self.tunnel.activity = time.monotonic()
+            self.pipe.activity = time.monotonic()
             written = self._write(memoryview(data))
             if written < len(data):
                 self.pending = memoryview(data)[written:]
@@ -90,12 +94,14 @@ class _Direction:
             elif len(data) == CHUNK and _SPLICE:
                 self._start_splicing()
         except OSError:
-            self.tunnel.abort()
+            self.pipe.abort()
+        except Exception as exc:  # a bug must end the pipe, not leave it waiting for ever
+            self.pipe.fail(exc)
 
     def on_writable(self) -> None:
         try:
-            if self.pipe is not None:
-                if self._drain_pipe():
+            if self.splice_buffer is not None:
+                if self._drain_buffer():
                     self.writer.stop()
                     self._resume()
                 return
@@ -106,7 +112,9 @@ class _Direction:
                 self.writer.stop()
                 self._resume()
         except OSError:
-            self.tunnel.abort()
+            self.pipe.abort()
+        except Exception as exc:
+            self.pipe.fail(exc)
 
     def _write(self, data: memoryview) -> int:
         try:
@@ -125,38 +133,38 @@ class _Direction:
     # zero-copy path ----------------------------------------------------------------------
     def _start_splicing(self) -> None:
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # a smaller pipe still works
-            fcntl.fcntl(write_end, _F_SETPIPE_SZ, _PIPE_SIZE)
-        self.pipe = (read_end, write_end)
+        with contextlib.suppress(OSError):  # a smaller buffer still works
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, _SPLICE_BUFFER_SIZE)
+        self.splice_buffer = (read_end, write_end)
 
     def _splice_in(self) -> None:
-        """Move everything src has now, through the pipe, for as long as dst keeps up."""
-        assert self.pipe is not None
-        src, pipe_in = self.src_fd, self.pipe[1]
+        """Move everything src has now, through the splice buffer, for as long as dst keeps up."""
+        assert self.splice_buffer is not None
+        src, buffer_in = self.src_fd, self.splice_buffer[1]
         while True:
             try:
-                moved = os.splice(src, pipe_in, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
+                moved = os.splice(src, buffer_in, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 return
             if not moved:
                 self._end_of_stream()
                 return
-            self.tunnel.activity = time.monotonic()
-            self.in_pipe += moved
-            if not self._drain_pipe():
+            self.pipe.activity = time.monotonic()
+            self.in_buffer += moved
+            if not self._drain_buffer():
                 self.reader.stop()
                 self.writer.start(self.on_writable)
                 return
 
-    def _drain_pipe(self) -> bool:
-        """Move what the pipe holds to dst; False if dst cannot take it all now."""
-        assert self.pipe is not None
-        while self.in_pipe:
+    def _drain_buffer(self) -> bool:
+        """Move what the splice buffer holds to dst; False if dst cannot take it all now."""
+        assert self.splice_buffer is not None
+        while self.in_buffer:
             try:
-                moved = os.splice(self.pipe[0], self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
+                moved = os.splice(self.splice_buffer[0], self.dst_fd, self.in_buffer, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 return False
-            self.in_pipe -= moved
+            self.in_buffer -= moved
             self.total += moved
         return True
 
@@ -164,7 +172,7 @@ class _Direction:
     def _end_of_stream(self) -> None:
         self.eof = True
         self.reader.stop()
-        if self.pending is None and not self.in_pipe:
+        if self.pending is None and not self.in_buffer:
             self._finish()
 
     def _finish(self) -> None:
@@ -173,66 +181,79 @@ class _Direction:
         self.writer.stop()
         with contextlib.suppress(OSError):
             self.dst.shutdown(socket.SHUT_WR)
-        self.tunnel.direction_done()
+        self.pipe.direction_done()
 
     def close(self) -> None:
         for watcher in (self.reader, self.writer):
             watcher.stop()
             watcher.close()
-        if self.pipe is not None:
-            for fd in self.pipe:
+        if self.splice_buffer is not None:
+            for fd in self.splice_buffer:
                 os.close(fd)
-            self.pipe = None
+            self.splice_buffer = None
 
 
-class _Tunnel:
-    def __init__(self, client: socket.socket, upstream: socket.socket, to_upstream: bytes, to_client: bytes) -> None:
+class _Pipe:
+    def __init__(self, a: socket.socket, b: socket.socket, to_b: bytes, to_a: bytes) -> None:
         self.loop = gevent.get_hub().loop
         self.finished = gevent.event.Event()
         self.activity = time.monotonic()
-        self.up = _Direction(self, client, upstream, to_upstream)
-        self.down = _Direction(self, upstream, client, to_client)
+        self.failure: BaseException | None = None
+        self.a_to_b = _Direction(self, a, b, to_b)
+        self.b_to_a = _Direction(self, b, a, to_a)
 
     def direction_done(self) -> None:
-        if self.up.done and self.down.done:
+        if self.a_to_b.done and self.b_to_a.done:
             self.finished.set()
 
     def abort(self) -> None:
-        """A reset or write error: the tunnel is over in both directions."""
-        for direction in (self.up, self.down):
+        """A reset or write error: the pipe is over in both directions."""
+        for direction in (self.a_to_b, self.b_to_a):
             direction.done = True
             direction.reader.stop()
             direction.writer.stop()
         self.finished.set()
 
+    def fail(self, exc: BaseException) -> None:
+        """An unexpected exception in a callback: kept (the first one) and the pipe ended."""
+        if self.failure is None:
+            self.failure = exc
+        self.abort()
+
     def close(self) -> None:
-        self.up.close()
-        self.down.close()
+        self.a_to_b.close()
+        self.b_to_a.close()
+
+
+class PipeResult(NamedTuple):
+    a_to_b: int  # bytes moved from a to b
+    b_to_a: int
+    failure: BaseException | None  # an unexpected exception that ended the pipe (a bug)
 
 
 def pipe(
-    client: socket.socket,
-    upstream: socket.socket,
-    to_upstream: bytes = b"",
-    to_client: bytes = b"",
+    a: socket.socket,
+    b: socket.socket,
+    to_b: bytes = b"",
+    to_a: bytes = b"",
     idle_timeout: float = 0.0,
-) -> tuple[int, int]:
-    """Relay until both directions end; returns (bytes client->upstream, upstream->client).
+) -> PipeResult:
+    """Move bytes both ways until both directions end (or the pipe fails).
 
-    ``to_upstream``/``to_client`` are bytes already read past a message head, sent first.
-    ``idle_timeout`` (0 = none) ends the tunnel once no byte moved either way for so long;
-    one quiet direction alone is normal and does not count.
+    ``to_b``/``to_a`` are bytes already read from the other side (past a message head),
+    sent first. ``idle_timeout`` (0 = none) ends the pipe once no byte moved either way
+    for so long; one quiet direction alone is normal and does not count.
     """
-    tunnel = _Tunnel(client, upstream, to_upstream, to_client)
+    state = _Pipe(a, b, to_b, to_a)
     try:
-        tunnel.up.start()
-        tunnel.down.start()
+        state.a_to_b.start()
+        state.b_to_a.start()
         if not idle_timeout:
-            tunnel.finished.wait()
+            state.finished.wait()
         else:
-            while not tunnel.finished.wait(max(0.01, tunnel.activity + idle_timeout - time.monotonic())):
-                if time.monotonic() - tunnel.activity >= idle_timeout:
-                    tunnel.abort()
-        return tunnel.up.total, tunnel.down.total
+            while not state.finished.wait(max(0.01, state.activity + idle_timeout - time.monotonic())):
+                if time.monotonic() - state.activity >= idle_timeout:
+                    state.abort()
+        return PipeResult(state.a_to_b.total, state.b_to_a.total, state.failure)
     finally:
-        tunnel.close()  # watchers off before the session closes the sockets
+        state.close()  # watchers off before the owner closes the sockets

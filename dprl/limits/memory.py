@@ -6,7 +6,7 @@ yields to another greenlet, so no lock is needed; other threads only read counts
 
 from __future__ import annotations
 
-from .errors import LimitExceeded
+from ..errors import LimitExceeded
 from .hosts import HostKey, HostLimits
 from .limiter import Limiter, Slot, count_down
 
@@ -16,21 +16,21 @@ class MemoryLimiter(Limiter):
         super().__init__(limits)
         self._counts: dict[HostKey, int] = {}
 
-    def acquire(self, host: HostKey) -> Slot:
-        current = self._counts.get(host, 0)
-        limit = self.limits.limit_for(host)
+    def acquire(self, key: HostKey) -> Slot:
+        current = self._counts.get(key, 0)
+        limit = self.limits.limit_for(key)
         if limit and current >= limit:
-            raise LimitExceeded(host, limit)
-        self._counts[host] = current + 1
-        return Slot(host, self._release)
+            raise LimitExceeded(key, limit)
+        self._counts[key] = current + 1
+        return Slot(key, self._release)
 
-    def _release(self, host: HostKey) -> None:
-        count_down(self._counts, host)
+    def _release(self, key: HostKey) -> None:
+        count_down(self._counts, key)
 
-    def active(self, host: HostKey) -> int:
-        return self._counts.get(host, 0)
+    def fleet_count(self, key: HostKey) -> int:
+        return self._counts.get(key, 0)
 
-    def active_hosts(self) -> dict[HostKey, int]:
+    def process_counts(self) -> dict[HostKey, int]:
         return dict(self._counts)
 
     @property

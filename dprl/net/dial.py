@@ -1,0 +1,151 @@
+"""Opening an upstream TCP connection: resolve (never for IP literals), vet, dial, tune.
+
+Failures become UpstreamError with the status the client should see: 502 when the name
+does not resolve or the dial is refused, 503 when the proxy is out of descriptors, 504
+when it does not complete in time. A destination outside what the access policy allows
+is AccessDenied, also when a name resolves into a denied range.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import ipaddress
+import time
+from collections.abc import Callable
+
+import gevent
+from gevent import socket
+
+from ..errors import AccessDenied, UpstreamError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[tuple[int, tuple]]]
+AddressCheck = Callable[[IPAddress], bool]
+SocketOptions = tuple[tuple[int, int, int], ...]
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+KEEPALIVE_PROBES = 3
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_literal(host: str) -> IPAddress | None:
+    """The address if ``host`` is an IP literal (cached: this runs for every connection)."""
+    try:
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return None
+
+
+def keepalive_options(idle: float) -> SocketOptions:
+    """Socket options that end a connection whose peer vanished without a FIN or RST.
+
+    Keepalive probes start after ``idle`` seconds of silence, every idle/6 seconds (1 to
+    10); the connection ends when three of them went unanswered: TCP_USER_TIMEOUT (Linux)
+    of idle + 3 intervals, which also bounds data stuck unacknowledged. (With a user
+    timeout set the kernel aborts on it, so TCP_KEEPCNT would only cost a system call per
+    connection.) A live peer that merely stops reading answers the probes and is not cut.
+    ``idle`` 0 turns all of it off (no options).
+    """
+    if not idle:
+        return ()
+    seconds = max(1, round(idle))
+    interval = max(1, min(10, seconds // 6))
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval),
+    ]
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (seconds + interval * KEEPALIVE_PROBES) * 1000))
+    else:
+        options.append((socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES))
+    return tuple(options)
+
+
+def system_resolve(name: str, port: int) -> list[tuple[int, tuple]]:
+    infos = socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def check_literal(host: str, allowed: AddressCheck | None) -> None:
+    """AccessDenied for an IP-literal destination the policy denies (before any slot is taken)."""
+    literal = ip_literal(host)
+    if allowed is not None and literal is not None and not allowed(literal):
+        raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
+
+
+def dial(
+    host: str,
+    port: int,
+    timeout: float,
+    resolve: Resolver | None = None,
+    allowed: AddressCheck | None = None,
+) -> socket.socket:
+    """Connect to ``host`` (normalised: IPv6 in brackets) within ``timeout`` seconds.
+
+    ``resolve(name, port)`` returns ``[(family, sockaddr), ...]`` to try in order and
+    raises OSError when the name does not resolve; the default asks gevent's resolver.
+    ``allowed(ip)`` vets each address after resolution, so a name cannot smuggle a
+    connection into a denied range.
+    """
+    deadline = time.monotonic() + timeout
+    literal = ip_literal(host)
+    if literal is not None:
+        # gevent's resolver is a thread-pool round trip even for literals: skip it.
+        check_literal(host, allowed)
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        candidates = [(family, (str(literal), port))]
+    else:
+        candidates = _resolve(host[1:-1] if host.startswith("[") else host, port, timeout, resolve)
+        if allowed is not None:
+            candidates = [c for c in candidates if allowed(ipaddress.ip_address(c[1][0].split("%", 1)[0]))]
+            if not candidates:
+                raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
+    sock = _connect(candidates, host, port, deadline, timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _resolve(name: str, port: int, timeout: float, resolve: Resolver | None) -> list[tuple[int, tuple]]:
+    timer = gevent.Timeout(timeout)
+    timer.start()
+    try:
+        return (resolve or system_resolve)(name, port)
+    except gevent.Timeout as exc:
+        if exc is not timer:
+            raise
+        raise UpstreamError(f"timed out resolving {name} after {timeout:g}s", 504) from None
+    except (OSError, UnicodeError) as exc:
+        raise UpstreamError(f"cannot resolve {name}: {exc}", 502) from None
+    finally:
+        timer.close()
+
+
+def _connect(candidates: list[tuple[int, tuple]], host: str, port: int, deadline: float, timeout: float):
+    """Try each address in turn until one connects, all within ``deadline``."""
+    last_error: OSError | None = None
+    for family, sockaddr in candidates:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno in OUT_OF_DESCRIPTORS:
+                raise UpstreamError("the proxy is out of file descriptors", 503) from None
+            raise
+        sock.settimeout(remaining)
+        try:
+            sock.connect(sockaddr)
+        except TimeoutError:
+            sock.close()
+            raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504) from None
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        sock.settimeout(None)
+        return sock
+    if last_error is None:
+        raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504)
+    raise UpstreamError(f"cannot connect to {host}:{port}: {last_error.strerror or last_error}", 502)

@@ -1,0 +1,2 @@
+"""The proxy itself: the server, one session per client, forward exchanges and tunnels,
+access control and the refusal log."""

@@ -1,0 +1,283 @@
+"""One client connection: read a request head, authorise, dispatch, decide keep-alive.
+
+Code reads top to bottom like blocking code; gevent makes it cooperative. The session
+owns the client endpoint and at most one upstream connection (and so at most one slot)
+at a time, and closes it in ``finally``: whatever ends the session, the slot is released
+there or earlier. Plain requests go to a ``ForwardExchange``, CONNECT and 101 upgrades to
+a ``Tunnel``; both report back, neither touches the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import gevent
+
+from ..config import Config
+from ..errors import AccessDenied, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError
+from ..http import rewrite
+from ..http.errors import ProtocolError
+from ..http.framing import BodyFraming, request_framing
+from ..http.head import RequestHead, check_host_field, head_finder, parse_request_head
+from ..http.target import Target, connect_target, forward_target
+from ..limits.hosts import host_key
+from ..limits.limiter import Limiter
+from ..net.endpoint import Endpoint
+from .access import REALM, AccessPolicy
+from .forward import ForwardExchange
+from .refusals import RefusalLog
+from .tunnel import Tunnel
+from .upstream import Dialer, UpstreamConnection
+
+
+class ServerState:
+    """What sessions read of their server while it runs."""
+
+    __slots__ = ("stopping",)
+
+    def __init__(self) -> None:
+        self.stopping = False  # set once: sessions finish what they do and take no new request
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What every session of a server shares."""
+
+    settings: Config
+    access: AccessPolicy
+    refusals: RefusalLog
+    limiter: Limiter
+    dialer: Dialer
+    log: logging.Logger
+    state: ServerState
+
+
+class ClientSession:
+    __slots__ = (
+        "_find_head",
+        "_response_timer",
+        "address",
+        "client",
+        "context",
+        "greenlet",
+        "idle",
+        "peer",
+        "upstream",
+    )
+
+    def __init__(self, context: SessionContext, sock: socket.socket, address: tuple) -> None:
+        settings = context.settings
+        self.context = context
+        # body reads, answers and waits between requests: a dead client cannot stall us
+        self.client = Endpoint(sock, "client", settings.idle_timeout)
+        self._find_head = head_finder(settings.max_request_line, settings.max_header_size, requests=True)
+        self._response_timer: gevent.Timeout | None = None  # made at the first plain request
+        self.peer = address[0]  # the client's IP, as the policy and the refusal log see it
+        self.address = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+        self.upstream: UpstreamConnection | None = None
+        self.idle = True  # waiting for a request head: safe to close at shutdown
+        self.greenlet = gevent.getcurrent()
+
+    def run(self) -> None:
+        first = True
+        try:
+            while not self.context.state.stopping:
+                self.idle = True
+                request = self._read_request(first)
+                self.idle = False
+                if request is None:
+                    return
+                first = False
+                if not self._handle(request):
+                    return
+        except ConnectionLost as exc:
+            self.context.log.debug("client %s: %s", self.address, exc)
+        finally:
+            self.close_upstream()
+
+    def _read_request(self, first: bool) -> RequestHead | None:
+        """The next request head, or None when the client leaves (or idles) between requests.
+
+        A client that started a head must finish it within --header-timeout (408).
+        """
+        settings, client = self.context.settings, self.client
+        if not client.buf:
+            # a first request within --header-timeout; the next ones within --idle-timeout
+            # (the socket's own timeout)
+            try:
+                if not client.fill(time.monotonic() + settings.header_timeout if first else None):
+                    return None
+            except ConnectionLost:
+                return None  # silent or gone before its first byte: an idle close
+        try:
+            head = client.read_until(self._find_head, time.monotonic() + settings.header_timeout)
+            return parse_request_head(head, settings.max_header_count)
+        except ProtocolError as exc:
+            self._answer(exc.status, str(exc), keep=False)
+        except ConnectionLost as exc:
+            if not exc.timed_out:
+                raise
+            self._answer(408, "timed out reading the request head", keep=False)
+        return None
+
+    def _handle(self, request: RequestHead) -> bool:
+        """Serve one request; True if the client connection can carry another."""
+        mark = self.client.bytes_out
+        has_body = False
+        try:
+            check_host_field(request)
+            framing = request_framing(request)
+            has_body = framing.has_body
+            if not self._authorised(request):
+                extra = [("Proxy-Authenticate", f'Basic realm="{REALM}"')]
+                keep = self._keep(request, has_body)  # the client retries on it with credentials
+                return self._answer(407, "proxy authentication required", keep, extra, unread_body=has_body)
+            if request.method == "CONNECT":
+                if has_body:
+                    raise ProtocolError(400, "CONNECT request with a body")
+                self._serve_connect(request)
+                return False
+            return self._forward(request, framing)
+        except (LimitExceeded, LimiterUnavailable) as exc:
+            return self._refuse(exc, self._keep_after_refusal(request, has_body), has_body)
+        except (ProtocolError, ProxyError) as exc:
+            self.close_upstream()
+            if self.client.bytes_out != mark:  # part of an answer is out: only a close is left
+                return False
+            keep = self._keep_after_refusal(request, has_body) and not isinstance(exc, ProtocolError)
+            return self._answer(exc.status, str(exc), keep, unread_body=has_body)
+        except ConnectionLost:
+            raise
+        except Exception:
+            # A bug must cost one connection, never the proxy; the slot goes back in run().
+            self.context.log.exception("client %s: internal error", self.address)
+            if self.client.bytes_out == mark:
+                self.client.out.clear()
+                self._answer(500, "internal error", keep=False, unread_body=has_body)
+            return False
+
+    def _keep(self, request: RequestHead, has_body: bool) -> bool:
+        """After an answer of ours the connection is reusable only if no request body is left unread."""
+        return (
+            not has_body
+            and request.version == "HTTP/1.1"
+            and rewrite.wants_keep_alive(request)
+            and not self.context.state.stopping
+        )
+
+    def _keep_after_refusal(self, request: RequestHead, has_body: bool) -> bool:
+        """As ``_keep``, but never after a refused CONNECT: what the client pipelined behind it
+        (a TLS hello) must not be parsed as a request."""
+        return request.method != "CONNECT" and self._keep(request, has_body)
+
+    def _authorised(self, request: RequestHead) -> bool:
+        access = self.context.access
+        values = request.raw_values("proxy-authorization")
+        if not access.auth_required or access.authorized(values):
+            return True
+        if values:
+            self.context.refusals.record(f"from {self.peer}: bad proxy credentials")
+        return False
+
+    # plain HTTP ----------------------------------------------------------------------------
+    def _forward(self, request: RequestHead, framing: BodyFraming) -> bool:
+        upgrade = rewrite.is_upgrade(request)
+        target = forward_target(request, upgrade)
+        key = host_key(target.host, target.port)
+        settings = self.context.settings
+        if self._response_timer is None and settings.upstream_timeout:
+            self._response_timer = gevent.Timeout(settings.upstream_timeout)
+        for _ in range(2):
+            reused = self._upstream_for(target, key)
+            upstream = self.upstream
+            assert upstream is not None
+            outcome = ForwardExchange(
+                self.client,
+                upstream.endpoint,
+                request,
+                target,
+                framing,
+                reused=reused,
+                response_timer=self._response_timer,
+                log=self.context.log,
+                label=key,
+            ).run()
+            if not outcome.retry:
+                break
+            self.close_upstream()  # it closed unanswered: a safe request goes once more, on a new one
+        if outcome.upgrade:
+            Tunnel(self.client, upstream.endpoint, settings.tunnel_idle_timeout, self.context.log, key).run()
+            return False
+        if outcome.keep_upstream:
+            upstream.last_used = time.monotonic()
+        else:
+            self.close_upstream()
+        if outcome.linger:
+            self.client.linger()
+        return outcome.keep_client
+
+    def _upstream_for(self, target: Target, key: str) -> bool:
+        """Make ``self.upstream`` a connection to ``target``; True if it is a reused one."""
+        up = self.upstream
+        if up is not None:
+            if up.serves(target):
+                return True
+            self.close_upstream()
+        self.upstream = self._open_upstream(target, key)
+        return False
+
+    # CONNECT -------------------------------------------------------------------------------
+    def _serve_connect(self, request: RequestHead) -> None:
+        target = connect_target(request)
+        if not self.context.access.port_allowed(target.port):
+            raise AccessDenied(f"CONNECT to port {target.port} is not allowed by --connect-ports")
+        key = host_key(target.host, target.port)
+        if self.upstream is not None:
+            self.close_upstream()
+        self.upstream = self._open_upstream(target, key)
+        settings = self.context.settings
+        tunnel = Tunnel(self.client, self.upstream.endpoint, settings.tunnel_idle_timeout, self.context.log, key)
+        tunnel.run(announce=rewrite.CONNECTION_ESTABLISHED)
+
+    # upstream ------------------------------------------------------------------------------
+    def _open_upstream(self, target: Target, key: str) -> UpstreamConnection:
+        context = self.context
+        return UpstreamConnection.open(context.limiter, context.dialer, target, key, self.address, context.log)
+
+    def close_upstream(self) -> None:
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.close()
+
+    # answers -------------------------------------------------------------------------------
+    def _refuse(self, exc: LimitExceeded | LimiterUnavailable, keep: bool, unread_body: bool) -> bool:
+        if isinstance(exc, LimitExceeded):
+            self.context.refusals.record(f"to {exc.key}: limit {exc.limit} reached")
+            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections)"
+        else:
+            self.context.refusals.record("while the limiter is unavailable")
+            message = f"connection limiter unavailable: {exc}"
+        return self._send_answer(500, message, keep, unread_body=unread_body)
+
+    def _answer(
+        self, status: int, message: str, keep: bool, extra: list | None = None, unread_body: bool = False
+    ) -> bool:
+        """An error answer of ours. Counted per interval at warning level; the details of
+        each only at debug, so a flood of bad requests cannot flood the log."""
+        if status != 407:
+            self.context.refusals.record(f"with status {status}")
+        self.context.log.debug("client %s: %d %s", self.address, status, message)
+        return self._send_answer(status, message, keep, extra, unread_body)
+
+    def _send_answer(
+        self, status: int, message: str, keep: bool, extra: list | None = None, unread_body: bool = False
+    ) -> bool:
+        with contextlib.suppress(ConnectionLost):
+            self.client.send(rewrite.error_response(status, f"dprl: {message}", close=not keep, extra=extra))
+        if not keep and unread_body:
+            self.client.linger()  # the unread body must not turn our answer into a reset
+        return keep

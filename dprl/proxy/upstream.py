@@ -1,0 +1,176 @@
+"""An upstream connection together with the slot it holds: opened with one, closed with it.
+
+``UpstreamConnection.open`` takes the slot before the dial and gives it back if the dial
+fails; ``close`` shuts the socket and releases the slot exactly once, and writes the
+connection-tracker line (host, client, duration, bytes each way) at debug level.
+``KeepaliveTuner`` gives the connections that outlive a second their TCP keepalive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import NamedTuple
+
+import gevent
+from gevent import socket
+
+from ..errors import AccessDenied
+from ..http.target import Target
+from ..limits.hosts import HostKey
+from ..limits.limiter import Limiter, Slot
+from ..net.dial import AddressCheck, Resolver, SocketOptions, dial, ip_literal
+from ..net.endpoint import Endpoint
+
+FRESH_FOR = 1.0  # seconds after a response during which a kept upstream is reused unchecked
+TUNE_AFTER = 1.0  # seconds an upstream connection lives before it gets its keepalive options
+
+
+class KeepaliveTuner:
+    """Sets the keepalive options on upstream connections that have lived ``TUNE_AFTER``.
+
+    Keepalive acts only after --tcp-keepalive seconds of silence, so a connection that
+    ends within a second never needs it, and most do (one API call). One greenlet sets
+    the options on the others, once a second: four system calls fewer per short
+    connection, the same protection for every long one.
+    """
+
+    def __init__(self, options: SocketOptions) -> None:
+        self.options = options
+        self._young: set[UpstreamConnection] = set()
+        self._greenlet: gevent.Greenlet | None = None
+
+    def track(self, connection: UpstreamConnection) -> None:
+        if self.options:
+            self._young.add(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        self._young.discard(connection)
+
+    def start(self) -> None:
+        if self.options and self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(TUNE_AFTER)
+            self.tune(time.monotonic() - TUNE_AFTER)
+
+    def tune(self, opened_before: float) -> None:
+        """Set the options on every tracked connection opened before ``opened_before``."""
+        for connection in [c for c in self._young if c.opened <= opened_before]:
+            self._young.discard(connection)
+            with contextlib.suppress(OSError):  # closed meanwhile: nothing to protect
+                for level, option, value in self.options:
+                    connection.endpoint.sock.setsockopt(level, option, value)
+
+
+class Dialer(NamedTuple):
+    """How upstream connections are made: time allowed, resolver, destination check, keepalive."""
+
+    timeout: float
+    resolve: Resolver | None = None
+    allowed: AddressCheck | None = None
+    keepalive: KeepaliveTuner | None = None
+
+
+class UpstreamConnection:
+    __slots__ = ("_keepalive", "_log", "client", "endpoint", "key", "last_used", "opened", "slot", "target")
+
+    def __init__(
+        self,
+        target: Target,
+        slot: Slot,
+        sock: socket.socket,
+        client: str,
+        log: logging.Logger,
+        keepalive: KeepaliveTuner | None = None,
+    ) -> None:
+        self.target = target
+        self.key = slot.key
+        self.slot = slot
+        self.endpoint = Endpoint(sock, "upstream")
+        self.opened = self.last_used = time.monotonic()
+        self.client = client
+        self._log = log
+        self._keepalive = keepalive
+        if keepalive is not None:
+            keepalive.track(self)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("upstream open host=%s client=%s target=%s:%d", self.key, client, target.host, target.port)
+
+    @classmethod
+    def open(
+        cls, limiter: Limiter, dialer: Dialer, target: Target, key: HostKey, client: str, log: logging.Logger
+    ) -> UpstreamConnection:
+        """Take a slot for ``key``, then dial; a denied IP literal is refused before any slot.
+
+        Names are resolved (and their addresses vetted) only once a slot is held, so a
+        host at its cap costs no DNS lookup.
+        """
+        allowed = dialer.allowed
+        if allowed is not None and (literal := ip_literal(target.host)) is not None:
+            if not allowed(literal):
+                raise AccessDenied(f"destination {target.host} is in a range denied by --deny-destinations")
+            allowed = None  # vetted: dial need not look again
+        slot = limiter.acquire(key)
+        try:
+            sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed)
+        except BaseException:
+            slot.release()
+            raise
+        return cls(target, slot, sock, client, log, dialer.keepalive)
+
+    def serves(self, target: Target) -> bool:
+        """True if this connection can carry the next request to ``target``."""
+        return self.target.host == target.host and self.target.port == target.port and not self.is_stale()
+
+    def is_stale(self) -> bool:
+        """True if the upstream closed (or sent unsolicited bytes) while we were idle.
+
+        Servers close idle keep-alive connections after seconds, not milliseconds: a
+        connection used within the last second is not worth a system call to check (and
+        a safe request is sent again if it was stale after all).
+        """
+        endpoint = self.endpoint
+        if endpoint.buf:
+            return True
+        if time.monotonic() - self.last_used < FRESH_FOR:
+            return False
+        sock = endpoint.sock
+        sock.settimeout(0.0)
+        try:
+            sock.recv(1, socket.MSG_PEEK)
+            return True  # EOF or bytes nobody asked for: either way, not reusable
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(endpoint.timeout)
+
+    def close(self) -> None:
+        if self.slot.released:
+            return
+        if self._keepalive is not None:
+            self._keepalive.forget(self)
+        try:
+            self.endpoint.sock.close()
+        finally:
+            self.slot.release()
+        if self._log.isEnabledFor(logging.DEBUG):
+            endpoint = self.endpoint
+            self._log.debug(
+                "upstream close host=%s client=%s duration=%.3fs sent=%d received=%d",
+                self.key,
+                self.client,
+                time.monotonic() - self.opened,
+                endpoint.bytes_out,
+                endpoint.bytes_in,
+            )

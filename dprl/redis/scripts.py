@@ -1,0 +1,111 @@
+"""The Lua scripts (package data under dprl/redis/lua/), and the one runner that calls them.
+
+Each .lua file starts with its contract: what KEYS and ARGV are and what it returns.
+Scripts are sent as EVALSHA; when Redis answers NOSCRIPT (it restarted, or flushed its
+scripts) the runner loads the script and sends the command once more. Encoded commands
+are cached: per host they are the same bytes every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+from .channel import OnReply, RedisChannel
+from .protocol import ReplyError, pack
+
+MAX_CACHED_COMMANDS = 10000
+
+
+class Script:
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"<Script {self.name} {self.sha[:8]}>"
+
+
+ACQUIRE = Script("acquire")
+RELEASE = Script("release")
+REFRESH = Script("refresh")
+COUNT = Script("count")
+
+
+def is_noscript(reply: object) -> bool:
+    return isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
+
+
+class ScriptRunner:
+    """Runs scripts on one ordered channel: encoding, the command cache, NOSCRIPT reloads."""
+
+    def __init__(self, channel: RedisChannel) -> None:
+        self.channel = channel
+        self._commands: dict[tuple[str, tuple[str, ...], tuple[object, ...]], bytes] = {}
+
+    def command(self, script: Script, keys: tuple[str, ...], args: tuple[object, ...]) -> bytes:
+        """The EVALSHA command, RESP-encoded once for each (script, keys, args)."""
+        cache_key = (script.name, keys, args)
+        command = self._commands.get(cache_key)
+        if command is None:
+            if len(self._commands) >= MAX_CACHED_COMMANDS:
+                self._commands.clear()
+            command = self._commands[cache_key] = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+        return command
+
+    def run(
+        self,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[object, ...],
+        before_send: Callable[[], None] | None = None,
+        on_reply: OnReply | None = None,
+    ) -> object:
+        """Send the script's command and wait for its reply (ReplyError and RedisUnavailable raise).
+
+        ``before_send`` runs under the channel's send lock as the command leaves, and
+        again if it is sent a second time after NOSCRIPT; ``on_reply`` gets every reply,
+        the NOSCRIPT one included (``is_noscript`` tells it apart).
+        """
+        command = self.command(script, keys, args)
+
+        def build() -> bytes:
+            if before_send is not None:
+                before_send()
+            return command
+
+        try:
+            return self.channel.wait(self.channel.send(build, on_reply))
+        except ReplyError as exc:
+            if not is_noscript(exc):
+                raise
+            self.load(script)
+            return self.channel.wait(self.channel.send(build, on_reply))
+
+    def run_drained(self, script: Script, calls: Sequence[tuple[tuple[str, ...], Callable[[], tuple]]]) -> list:
+        """Send ``script`` once per (keys, args builder) when nothing else is in flight.
+
+        The arguments are built as the commands leave (see ``RedisChannel.send_drained``),
+        so a count read there is exact at the point where Redis runs it.
+        """
+
+        def build(keys: tuple[str, ...], args: Callable[[], tuple]) -> Callable[[], bytes]:
+            return lambda: pack(("EVALSHA", script.sha, len(keys), *keys, *args()))
+
+        for attempt in (1, 2):
+            try:
+                results = self.channel.send_drained([build(keys, args) for keys, args in calls])
+                return [self.channel.wait(result) for result in results]
+            except ReplyError as exc:
+                if attempt == 2 or not is_noscript(exc):
+                    raise
+                self.load(script)
+        raise AssertionError("unreachable")
+
+    def load(self, script: Script) -> None:
+        """After NOSCRIPT (Redis restarted or flushed its scripts)."""
+        self.channel.call("SCRIPT", "LOAD", script.source)

@@ -1,0 +1,3 @@
+"""The version of dprl, in one place (setup.py reads it from here)."""
+
+__version__ = "0.2.0"
