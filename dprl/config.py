@@ -18,11 +18,12 @@ from urllib.parse import quote
 from .errors import ConfigError
 from .http.target import split_authority
 from .limits.hosts import HostKey, normalize_host_spec
-from .redis.address import RedisAddress
+from .redis.address import RedisDeployment
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 REDIS_POLICIES = ("reject", "allow", "local")
+LEASE_LOSS_POLICIES = ("keep", "close")
 DEFAULT_ALLOW_CLIENTS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
 DEFAULT_DENY_DESTINATIONS = "169.254.0.0/16"
 
@@ -306,7 +307,8 @@ class Config:
     # distributed mode -----------------------------------------------------------------------
     redis_url: str = option(
         "",
-        "Redis URL (redis://, rediss:// for TLS, unix://): distributed mode; empty = local mode",
+        "Redis URL (redis://, rediss:// for TLS, unix://, redis+sentinel://, redis+cluster://): "
+        "distributed mode; empty = local mode",
         env="REDIS_URL",
     )
     redis_addr: str = option("", "Redis host:port, instead of --redis-url", env="REDIS_ADDR", check=_redis_addr)
@@ -332,13 +334,26 @@ class Config:
         env="DPRL_ON_REDIS_ERROR",
         check=_one_of(REDIS_POLICIES),
     )
+    on_lease_loss: str = option(
+        "keep",
+        "when this worker cannot renew its lease before it runs out: keep its tunnels (they go on "
+        "uncounted) or close them (the cap holds at the upstream)",
+        env="DPRL_ON_LEASE_LOSS",
+        check=_one_of(LEASE_LOSS_POLICIES),
+    )
+    redis_wait_replicas: int = option(
+        0,
+        "replicas that must confirm each admission (Redis WAIT) before it counts; 0 = do not wait",
+        env="DPRL_REDIS_WAIT_REPLICAS",
+        check=_at_least(0, "0 or more"),
+    )
 
     # derived once from the options above (not options themselves)
     client_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
     deny_networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
     connect_port_set: frozenset[int] | None = field(init=False, repr=False, compare=False)
     credentials: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
-    redis_address: RedisAddress | None = field(init=False, repr=False, compare=False)
+    redis_deployment: RedisDeployment | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for spec in options():
@@ -356,7 +371,7 @@ class Config:
             ("deny_networks", "deny-destinations", lambda: parse_networks(self.deny_destinations)),
             ("connect_port_set", "connect-ports", lambda: parse_ports(self.connect_ports)),
             ("credentials", "", lambda: read_credentials(self.proxy_auth, self.proxy_auth_file)),
-            ("redis_address", "redis-url", lambda: RedisAddress.from_url(url) if url else None),
+            ("redis_deployment", "redis-url", lambda: RedisDeployment.from_url(url) if url else None),
         ):
             try:
                 object.__setattr__(self, name, derive())

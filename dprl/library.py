@@ -28,16 +28,18 @@ DEFAULT_LOGGER = "dprl"
 
 def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured."""
-    if config.redis_address is None:
+    if config.redis_deployment is None:
         return MemoryLimiter(limits)
     from .redis.limiter import RedisLimiter
 
     return RedisLimiter(
         limits,
-        config.redis_address,
+        config.redis_deployment,
         prefix=config.redis_prefix,
         lease_ttl=config.lease_ttl,
         on_error=config.on_redis_error,
+        on_lease_loss=config.on_lease_loss,
+        wait_replicas=config.redis_wait_replicas,
         timeout=config.redis_timeout,
         log=log,
     )

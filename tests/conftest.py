@@ -13,7 +13,7 @@ from hypothesis import settings
 
 from dprl import ProxyRateLimiter
 
-from .redis_server import RedisServer
+from .redis_server import RedisServer, leftover_keys
 from .upstream import CountingUpstream, EchoServer, RawOrigin
 
 # The same examples on every run: a test suite that passes once passes again (set
@@ -154,10 +154,6 @@ def redis_prefix(redis_server: RedisServer) -> Iterator[str]:
         redis_server.start()
     client = redis_server.client()
     try:
-        wait_for(
-            lambda: not list(client.scan_iter(f"{prefix}:*")),
-            timeout=10,
-            what=f"no Redis keys left under {prefix}",
-        )
+        wait_for(lambda: not leftover_keys(client, prefix), timeout=10, what=f"no Redis keys left under {prefix}")
     finally:
         client.close()

@@ -11,7 +11,7 @@ import threading
 
 
 class ProxyProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None, preexec_fn=None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, preexec_fn=None, cwd: str | None = None) -> None:
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
@@ -21,6 +21,7 @@ class ProxyProcess:
             text=True,
             env=full_env,
             preexec_fn=preexec_fn,
+            cwd=cwd,  # python -m puts the working directory first on sys.path
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()

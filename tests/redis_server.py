@@ -82,3 +82,166 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def leftover_keys(client: redis.Redis, prefix: str) -> list[bytes]:
+    """Keys left under ``prefix``, except epoch markers that expire by themselves.
+
+    The epoch marker names the life of the fleet's data in this Redis (see redis/limiter.py);
+    it outlives the workers by design, for at most three lease ttls.
+    """
+    return [key for key in client.scan_iter(f"{prefix}:*") if not (key.endswith(b":epoch") and client.pttl(key) > 0)]
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except redis.RedisError:
+            pass
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+
+
+class SentinelSetup:
+    """A master, a replica of it, and one sentinel watching them (quorum 1, down after 1 s).
+
+    ``url`` is the ``redis+sentinel://`` URL dprl takes; ``kill_master`` makes the sentinel
+    promote the replica (about 1 s to notice, then the election and promotion).
+    """
+
+    SERVICE = "dprlmaster"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinel_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="dprl-sentinel-")
+        config = f"{self.dir}/sentinel.conf"
+        with open(config, "w") as file:
+            file.write(
+                f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 5000\n"
+                f"sentinel parallel-syncs {self.SERVICE} 1\n"
+            )
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.sentinel = subprocess.Popen(
+            [binary, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        replica = self.replica.client()
+        wait_until(lambda: replica.info("replication")["master_link_status"] == "up", 15, "the replica to sync")
+        replica.close()
+        wait_until(lambda: self.master_port() == self.master.port, 15, "the sentinel to know the master")
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
+
+    def master_port(self) -> int:
+        client = redis.Redis(port=self.sentinel_port, socket_timeout=2)
+        try:
+            return int(client.execute_command("SENTINEL", "get-master-addr-by-name", self.SERVICE)[1])
+        finally:
+            client.close()
+
+    def kill_master(self) -> None:
+        self.master.kill()
+
+    def stop(self) -> None:
+        self.sentinel.kill()
+        self.sentinel.wait()
+        self.replica.stop()
+        self.master.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ClusterSetup:
+    """Three primaries (no replicas) in one Redis Cluster: ``redis-cli --cluster create``.
+
+    ``cluster-require-full-coverage no``: when a node dies the others go on serving their
+    own slots (with the default, the whole cluster refuses commands until it is back).
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [
+            RedisServer(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "{dir}/nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--cluster-port",  # the default, port + 10000, may be taken or past 65535
+                str(free_port()),
+            )
+            for _ in range(size)
+        ]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        for node in self.nodes:
+            client = node.client()
+            wait_until(lambda c=client: self._formed(c.cluster("info")), 15, "the cluster to form")
+            client.close()
+
+    def _formed(self, info: dict) -> bool:
+        return info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == len(self.nodes)
+
+    def url(self, *nodes: RedisServer) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in (nodes or self.nodes[:1]))
+
+    def node_of(self, key: str) -> RedisServer:
+        """The node serving the slot of ``key``."""
+        client = self.nodes[0].client()
+        try:
+            slot = client.cluster("keyslot", key)
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        finally:
+            client.close()
+        raise AssertionError(f"no node serves {key}")
+
+    def node_id(self, node: RedisServer) -> str:
+        client = node.client()
+        try:
+            return client.execute_command("CLUSTER", "MYID").decode()
+        finally:
+            client.close()
+
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer, pause: float = 0.0) -> None:
+        """Reshard one slot, keys and all, the way redis-cli does (IMPORTING, MIGRATING, MIGRATE, NODE)."""
+        src, dst = source.client(), target.client()
+        try:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+            time.sleep(pause)  # clients meet ASK redirections meanwhile
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            for node in self.nodes:
+                client = node.client()
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(target))
+                client.close()
+        finally:
+            src.close()
+            dst.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

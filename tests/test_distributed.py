@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -14,8 +15,9 @@ import requests
 from dprl import DistributedProxyRateLimiter
 
 from .conftest import proxy_connect, read_head, wait_for
+from .faults import hosts_on_nodes
 from .proxy_process import ProxyProcess
-from .redis_server import RedisServer, free_port
+from .redis_server import ClusterSetup, RedisServer, free_port, leftover_keys
 from .upstream import EchoServer
 
 
@@ -256,7 +258,75 @@ def test_unix_socket_and_tls_urls(ca, tmp_path, upstream):
                 first.close()
                 second.close()
         client = server.client()
-        assert client.dbsize() == 0, "keys left after both proxies stopped"
+        assert leftover_keys(client, "proxy_rate_limiter") == [], "keys left after both proxies stopped"
         client.close()
     finally:
         server.stop()
+
+
+def _readme_acl() -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER dprl "))
+    return line.split()[2:]
+
+
+@pytest.mark.parametrize("can_kill", [True, False])
+def test_the_readmes_least_privilege_acl_user_is_enough(can_kill, upstream):
+    """Everything works as the README's ACL user; without CLIENT KILL, reconnections say
+    that a dead connection's late commands can land."""
+    server = RedisServer()
+    admin = server.client()
+    try:
+        rules = [r.replace("~proxy_rate_limiter:*", "~dprl_acl:*") for r in _readme_acl()]
+        if not can_kill:
+            rules.remove("+client|kill")
+        admin.execute_command("ACL", "SETUSER", *rules)
+        url = f"redis://dprl:secret@127.0.0.1:{server.port}/0"
+        worker = ProxyProcess("--redis-url", url, "--redis-prefix", "dprl_acl", "--max-connections", "2")
+        try:
+            target = f"127.0.0.1:{upstream.port}"
+            sock, status = _connect_status(worker.port, target)
+            assert status == 200
+            sock.close()
+            admin.execute_command("CLIENT", "KILL", "USER", "dprl")  # the worker reconnects
+
+            def admitted() -> bool:
+                sock, status = _connect_status(worker.port, target)
+                sock.close()
+                return status == 200
+
+            wait_for(admitted, timeout=10, what="admitted again")
+            refused = worker.matching("refused CLIENT KILL")
+            assert bool(refused) is not can_kill, worker.lines
+            assert not worker.matching("NOPERM|Traceback"), worker.lines
+        finally:
+            assert worker.stop() == 0
+        assert not leftover_keys(admin, "dprl_acl")
+    finally:
+        admin.close()
+        server.stop()
+
+
+def test_library_counts_hosts_on_different_cluster_nodes():
+    cluster = ClusterSetup()
+    hosts = hosts_on_nodes(cluster, 2)
+    settings = {"redis_prefix": "dprl_lib", "lease_ttl": 3, "shutdown_timeout": 1}
+    try:
+        with DistributedProxyRateLimiter(0, 2, cluster.url(cluster.nodes[0]), **settings) as proxy:
+            socks = [proxy_connect(proxy, upstream.authority)[0] for upstream, _ in hosts for _ in range(2)]
+            for upstream, node in hosts:
+                assert proxy.active_connections_for_host(upstream.authority) == 2
+                client = node.client()  # counted on the node that owns the host's slot
+                assert sum(map(int, client.hvals(f"dprl_lib:{{{upstream.authority}}}:counts"))) == 2
+                client.close()
+            sock, head = proxy_connect(proxy, hosts[0][0].authority)
+            assert head.startswith(b"HTTP/1.1 500"), head
+            sock.close()
+            for sock in socks:
+                sock.close()
+            for upstream, _ in hosts:
+                wait_for(lambda u=upstream: proxy.active_connections_for_host(u.authority) == 0, what="released")
+    finally:
+        for upstream, _ in hosts:
+            upstream.close()
+        cluster.stop()

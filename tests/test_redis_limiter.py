@@ -12,7 +12,7 @@ import pytest
 from dprl.config import DEFAULTS
 from dprl.errors import LimiterUnavailable, LimitExceeded
 from dprl.limits.hosts import HostLimits
-from dprl.redis.address import RedisAddress
+from dprl.redis.address import RedisDeployment
 from dprl.redis.limiter import RedisLimiter
 
 HOST = "stress.example.com"
@@ -24,7 +24,7 @@ def make_worker(redis_server, redis_prefix):
 
     def make(limit: int = 5, lease_ttl: float = 5.0, **kwargs) -> RedisLimiter:
         settings = {"on_error": DEFAULTS.on_redis_error, "timeout": DEFAULTS.redis_timeout, **kwargs}
-        address = RedisAddress.from_url(redis_server.url)
+        address = RedisDeployment.from_url(redis_server.url)
         worker = RedisLimiter(
             HostLimits(limit),
             address,
@@ -108,13 +108,32 @@ def test_no_undercount_seen_from_outside(make_worker, redis_server, redis_prefix
         slot.release()
 
 
-def test_a_lost_count_is_restored_at_once_when_noticed(make_worker, redis_server, redis_prefix):
-    worker = make_worker(10, lease_ttl=60)  # no timed refresh within this test
-    slots = [worker.acquire(HOST) for _ in range(2)]
+def test_lost_data_is_noticed_and_nobody_admits_beyond_the_cap(make_worker, redis_server, redis_prefix):
+    """What FLUSHALL or a restart without persistence leaves: no keys, the epoch marker gone.
+
+    The other worker's next admission notices and waits; the holder's counts come back at
+    its next refresh; after one refresh interval the cap is enforced against them.
+    """
+    lease = 1.5
+    holder, other = make_worker(2, lease_ttl=lease), make_worker(2, lease_ttl=lease)
+    slots = [holder.acquire(HOST) for _ in range(2)]
+    with pytest.raises(LimitExceeded):
+        other.acquire(HOST)  # at the cap; and the other worker learns the epoch
     client = redis_server.client()
-    client.delete(*client.keys(f"{redis_prefix}:*"))  # what a restart without persistence does
-    slots.append(worker.acquire(HOST))  # sees its own count missing: refreshes now
-    wait_for(lambda: _fleet_count(redis_server, redis_prefix) == 3, timeout=2, what="count restored to 3")
+    client.delete(*client.keys(f"{redis_prefix}:*"))
+    with pytest.raises(LimiterUnavailable, match="lost data"):
+        other.acquire(HOST)  # a third admission now would exceed the cap
+    wait_for(lambda: _fleet_count(redis_server, redis_prefix) == 2, timeout=lease / 3 + 1, what="counts re-asserted")
+    deadline = time.monotonic() + lease / 3 + 1.5
+    while True:  # paused, then refused at the cap: never admitted
+        try:
+            other.acquire(HOST).release()
+            raise AssertionError("admitted beyond the cap after Redis lost data")
+        except LimitExceeded:
+            break
+        except LimiterUnavailable:
+            assert time.monotonic() < deadline, "admissions still paused after one refresh interval"
+            gevent.sleep(0.05)
     for slot in slots:
         slot.release()
     client.close()
@@ -144,7 +163,7 @@ def test_release_twice_is_impossible(make_worker, redis_server, redis_prefix):
 def test_redis_down_policy_reject_answers_at_once(redis_server, redis_prefix):
     worker = RedisLimiter(
         HostLimits(2),
-        RedisAddress.from_url("redis://127.0.0.1:1/0"),
+        RedisDeployment.from_url("redis://127.0.0.1:1/0"),
         prefix=redis_prefix,
         lease_ttl=DEFAULTS.lease_ttl,
         on_error="reject",

@@ -25,6 +25,7 @@ import pytest
 
 from .conftest import read_head, wait_for
 from .proxy_process import ProxyProcess
+from .redis_server import leftover_keys
 
 pytestmark = pytest.mark.soak
 
@@ -262,7 +263,7 @@ def test_soak_distributed_mode(upstream_process, redis_server, redis_prefix):
         assert end_fds <= start_fds
         assert end_rss < warm_rss * 1.10, f"RSS grew from {warm_rss} to {end_rss} KiB after warm-up"
         client = redis_server.client()
-        wait_for(lambda: not list(client.scan_iter(f"{redis_prefix}:*")), timeout=5, what="no keys while idle")
+        wait_for(lambda: not leftover_keys(client, redis_prefix), timeout=5, what="no keys while idle")
         client.close()
     finally:
         assert proc.stop() == 0

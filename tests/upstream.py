@@ -262,3 +262,52 @@ if __name__ == "__main__":  # python -m tests.upstream: serve until stdin closes
     print(server.port, flush=True)
     sys.stdin.read()
     server.stop()
+
+
+class HoldingServer(RawOrigin):
+    """Holds each connection until the client closes it; records how many were open, and when.
+
+    The measuring stick of the fault tests: ``max_active`` is what the upstream saw at
+    worst, ``time_above(cap)`` how long it saw more than ``cap``.
+    """
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.max_active = 0
+        self.events: list[tuple[float, int]] = []  # (monotonic time, open connections after)
+        self._lock = threading.Lock()
+        super().__init__()
+
+    def serve(self, conn: socket.socket, index: int) -> None:
+        self._change(+1)
+        try:
+            while conn.recv(65536):
+                pass
+        finally:
+            self._change(-1)
+
+    def _change(self, delta: int) -> None:
+        with self._lock:
+            self.active += delta
+            self.max_active = max(self.max_active, self.active)
+            self.events.append((time.monotonic(), self.active))
+
+    def time_above(self, cap: int) -> float:
+        """Seconds during which more than ``cap`` connections were open (so far)."""
+        with self._lock:
+            events = list(self.events)
+        total, since = 0.0, None
+        for moment, active in events:
+            if active > cap and since is None:
+                since = moment
+            elif active <= cap and since is not None:
+                total, since = total + moment - since, None
+        if since is not None:
+            total += time.monotonic() - since
+        return total
+
+    def wait_active(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.active != count:
+            assert time.monotonic() < deadline, f"upstream has {self.active} connections open, expected {count}"
+            time.sleep(0.01)

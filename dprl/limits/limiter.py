@@ -14,12 +14,17 @@ from .hosts import HostKey, HostLimits
 
 
 class Slot:
-    """One admitted upstream connection to ``key``; release it once, or use ``with``."""
+    """One admitted upstream connection to ``key``; release it once, or use ``with``.
 
-    __slots__ = ("_release", "key")
+    ``shared``: counted in a store other processes read (Redis), under this worker's lease;
+    False for a slot admitted locally (in memory, or by policy while Redis was down).
+    """
 
-    def __init__(self, key: HostKey, release: Callable[[HostKey], None]) -> None:
+    __slots__ = ("_release", "key", "shared")
+
+    def __init__(self, key: HostKey, release: Callable[[HostKey], None], shared: bool = False) -> None:
         self.key = key
+        self.shared = shared
         self._release: Callable[[HostKey], None] | None = release
 
     @property
@@ -59,6 +64,9 @@ class Limiter(ABC):
 
     def __init__(self, limits: HostLimits) -> None:
         self.limits = limits
+        # Set by the server: end the upstream connections of these host keys whose slots are
+        # shared, and return how many (a worker whose lease lapsed, --on-lease-loss close).
+        self.fence: Callable[[set[HostKey]], int] | None = None
 
     @abstractmethod
     def acquire(self, key: HostKey) -> Slot:

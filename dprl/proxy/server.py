@@ -77,6 +77,19 @@ class ProxyServer(StreamServer):
                     socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(self.settings.header_timeout))
                 )
 
+    def fence(self, keys: set[str]) -> int:
+        """End the upstream connections of ``keys`` counted under a lapsing lease (see the Redis
+        limiter's --on-lease-loss close): shut down, so the pipe or relay ends and the session
+        closes them as on any other end. Returns how many."""
+        closed = 0
+        for session in list(self.sessions):
+            upstream = session.upstream
+            if upstream is not None and upstream.slot.shared and upstream.key in keys:
+                with contextlib.suppress(OSError):
+                    upstream.endpoint.sock.shutdown(socket.SHUT_RDWR)
+                closed += 1
+        return closed
+
     def start(self) -> None:
         try:
             super().start()
@@ -84,6 +97,7 @@ class ProxyServer(StreamServer):
             raise ListenError(
                 exc.errno, f"cannot listen on {self.settings.bind}:{self.settings.port}: {exc.strerror or exc}"
             ) from None
+        self.limiter.fence = self.fence
         self.limiter.start()
         self.refusals.start()
         self.keepalive_tuner.start()

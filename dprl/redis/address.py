@@ -8,7 +8,7 @@ typo never silently weakens TLS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SCHEMES = ("redis", "rediss", "unix")
@@ -83,6 +83,10 @@ class RedisAddress:
             )
         return cls(**fields)  # type: ignore[arg-type]
 
+    def at(self, host: str, port: int) -> RedisAddress:
+        """The same credentials, database and TLS, at another server."""
+        return replace(self, host=host, port=port)
+
     def __str__(self) -> str:
         """The address for logs: no password."""
         if self.path:
@@ -99,3 +103,66 @@ def masked_url(url: str) -> str:
         user = auth.split(":", 1)[0]
         return f"{scheme}{sep}{user}:***@{host}"
     return url
+
+
+KINDS = ("single", "sentinel", "cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisDeployment:
+    """What a Redis URL names: one server, a Sentinel-managed master, or a Cluster.
+
+    ``servers`` are the server itself (single), the sentinels (sentinel) or the seed
+    nodes (cluster). ``template`` carries what every data connection uses: credentials,
+    database, TLS. For Sentinel, the master is found by asking the sentinels for
+    ``service`` at every connection; for Cluster, the slot map comes from any seed.
+
+    ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`` and
+    ``redis+cluster://[[user]:password@]host:port[,host:port...]``; ``rediss+...`` for
+    TLS; the query options of ``redis://`` apply.
+    """
+
+    kind: str
+    servers: tuple[RedisAddress, ...]
+    template: RedisAddress
+    service: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisDeployment:
+        scheme, sep, rest = url.partition("://")
+        base, _, kind = scheme.partition("+")
+        if not sep or base not in SCHEMES or kind not in ("", "sentinel", "cluster") or (kind and base == "unix"):
+            raise ValueError(
+                f"must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://, got {url!r}"
+            )
+        if not kind:
+            address = RedisAddress.from_url(url)
+            return cls("single", (address,), address)
+        location, query_sep, query = rest.partition("?")
+        userinfo, at, hosts_and_path = location.rpartition("@") if "@" in location else ("", "", location)
+        hosts, _, path = hosts_and_path.partition("/")
+        db = "0"
+        service = ""
+        if kind == "sentinel":
+            service, _, db = path.partition("/")
+            if not service:
+                raise ValueError(f"a redis+sentinel:// URL names the service: .../service_name[/db], got {url!r}")
+            db = db or "0"
+        elif path.strip("/"):
+            raise ValueError(f"a redis+cluster:// URL has no database or path, got {url!r}")
+        servers = []
+        for item in filter(None, hosts.split(",")):
+            servers.append(RedisAddress.from_url(f"{base}://{item}"))
+        if not servers:
+            raise ValueError(f"no host:port in {url!r}")
+        auth = f"{userinfo}{at}" if at else ""
+        template = RedisAddress.from_url(f"{base}://{auth}{servers[0].host}:{servers[0].port}/{db}{query_sep}{query}")
+        servers = [replace(template, host=s.host, port=s.port, db=0, password="", username="") for s in servers]
+        return cls(kind, tuple(servers), template, service)
+
+    def __str__(self) -> str:
+        if self.kind == "single":
+            return str(self.template)
+        hosts = ",".join(f"{s.host}:{s.port}" for s in self.servers)
+        scheme = ("rediss+" if self.template.tls else "redis+") + self.kind
+        return f"{scheme}://{hosts}" + (f"/{self.service}/{self.template.db}" if self.service else "")

@@ -1,9 +1,10 @@
 """Redis limiter: per-host caps shared by a fleet of proxy processes.
 
-Keys per host share a hash tag, so each script touches two keys in one cluster slot:
+Keys per host share a hash tag, so each script touches keys in one Cluster slot:
 ``{prefix}:{key}:counts`` (hash: worker id -> its open connections) and
-``{prefix}:{key}:leases`` (sorted set: worker id -> lease expiry in Redis server time).
-Admission is one EVALSHA, O(workers holding that host), whatever else Redis stores.
+``{prefix}:{key}:leases`` (sorted set: worker id -> lease expiry in Redis server time),
+plus the epoch marker of that slot (below). Admission is one EVALSHA, O(workers holding
+that host), whatever else Redis stores.
 
 Never undercount. This worker counts a slot locally (``_local``) from the moment its
 acquire is sent until its release is answered, and every ``lease_ttl/3`` sends its
@@ -15,6 +16,21 @@ count in Redis can only be too high (a release lost with its connection), never 
 low, and the next refresh corrects it. The same refresh renews this worker's lease: a
 killed worker's slots come back within ``lease_ttl``; a live tunnel keeps its slot as
 long as its worker lives.
+
+A lease cannot tell a dead holder from a cut-off one, so every way back from a fault
+waits for holders before admitting (DESIGN.md section 8):
+- Reconnecting to a *different* server (a restart, a failover: Redis's run_id changed),
+  or after being cut off longer than the lease: this worker's counts are re-asserted as
+  the first commands of the new connection, and it admits nothing for a recovery pause,
+  long enough for every other worker (all of them lost the same connection) to do the
+  same. The new connection's handshake kills the old one at Redis first, so a late
+  release from it cannot land after the re-assertion (channel.py).
+- Losing data without a reconnection (FLUSHALL, eviction): the epoch marker the scripts
+  check is gone or changed; whoever notices first re-creates it, re-asserts and pauses
+  for one refresh interval, in which every holder's periodic refresh re-asserts too.
+- This worker cut off alone: it cannot renew, and its lease will lapse in Redis while its
+  tunnels live on. ``--on-lease-loss close`` ends those tunnels just before the lease
+  runs out, so the cap holds at the upstream; ``keep`` lets them run, uncounted.
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
@@ -34,13 +50,27 @@ import gevent.event
 from ..errors import LimiterUnavailable, LimitExceeded, RedisUnavailable
 from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot, count_down
-from .address import RedisAddress
-from .channel import RedisChannel
+from .address import RedisDeployment
+from .channel import Build, Connected, OnReply
+from .leases import LeaseBook
 from .protocol import ReplyError
-from .scripts import ACQUIRE, COUNT, REFRESH, RELEASE, ScriptRunner, is_noscript
+from .scripts import ACQUIRE, ALL, COUNT, REFRESH, RELEASE, ScriptRunner, is_noscript
+from .topology import Shard, Topology, make_topology
 
-RETRY_INTERVAL = 1.0  # while Redis is down, admission uses the policy for this long between probes
+RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for this long between probes
+MAX_REDIRECTS = 5  # MOVED / ASK / TRYAGAIN followed per call (a resharding moves a slot once)
 _FAILURES = (RedisUnavailable, ReplyError)
+_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN")
+
+
+class KeyUnavailable(RedisUnavailable):
+    """One host's keys cannot be reached now, though their node answers: split between two
+    Cluster nodes by a resharding in progress (TRYAGAIN past the Redis timeout), or
+    redirected where this worker cannot follow. That host alone answers by policy."""
+
+
+def _redirect(reply: object) -> bool:
+    return isinstance(reply, ReplyError) and reply.code in _REDIRECTS
 
 
 class RedisLimiter(Limiter):
@@ -53,36 +83,48 @@ class RedisLimiter(Limiter):
     def __init__(
         self,
         limits: HostLimits,
-        address: RedisAddress,
+        deployment: RedisDeployment,
         *,
         prefix: str,
         lease_ttl: float,
         on_error: str,
         timeout: float,
         log: logging.Logger,
+        on_lease_loss: str = "keep",
+        wait_replicas: int = 0,
         worker_id: str | None = None,
     ) -> None:
         super().__init__(limits)
-        self.address = address
+        self.deployment = deployment
         self.prefix = prefix
         self.lease_ttl = lease_ttl
         self.on_error = on_error
+        self.on_lease_loss = on_lease_loss
+        self.wait_replicas = wait_replicas
         self.timeout = timeout
         self.log = log
         self.worker = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.channel = RedisChannel(address, timeout, client_name=f"dprl:{self.worker}")
-        self.runner = ScriptRunner(self.channel)
         self._lease_ms = int(lease_ttl * 1000)
         self._key_ttl_ms = self._lease_ms * 3
+        # A reconnection: every worker lost the same connection and reconnects within a
+        # probe interval; holders re-assert as their first command.
+        self._reconnect_pause = RETRY_INTERVAL + 0.25
+        # Data lost behind a live connection: holders notice at their next refresh.
+        self._epoch_pause = lease_ttl / 3 + 0.25
+        # Act on a lapsing lease this long before Redis would drop it.
+        self._lease_margin = min(0.25, lease_ttl / 10)
+        self._proposal = secrets.token_hex(8)  # the epoch a missing marker gets (see _epoch_args)
+        # Epoch marker key -> the epoch this worker last saw there. Keyed by marker, not by
+        # node: in a Cluster a marker moves with its slot when it is resharded.
+        self._epochs: dict[str, str] = {}
         self._local: dict[HostKey, int] = {}  # slots counted by this worker, held or in flight
+        self.leases = LeaseBook(lease_ttl, self._lease_margin, self._held_on)
         self._touched: set[HostKey] = set()  # keys to refresh even at count 0 (clears leftovers)
-        self._healthy = True
-        self._down_until = 0.0
-        self._probing = False
         self._refresh_now = gevent.event.Event()
         self._refresher: gevent.Greenlet | None = None
         self._hub: gevent.hub.Hub | None = None
         self._hub_thread = 0
+        self.topology: Topology = make_topology(deployment, prefix, timeout, f"dprl:{self.worker}", self._setup_shard)
 
     @property
     def mode(self) -> str:
@@ -90,50 +132,90 @@ class RedisLimiter(Limiter):
 
     def describe(self) -> str:
         return (
-            f"redis={self.address} prefix={self.prefix} worker={self.worker} "
-            f"lease-ttl={self.lease_ttl:g}s on-redis-error={self.on_error}"
+            f"redis={self.deployment} prefix={self.prefix} worker={self.worker} lease-ttl={self.lease_ttl:g}s "
+            f"on-redis-error={self.on_error} on-lease-loss={self.on_lease_loss}"
         )
 
-    def keys(self, key: HostKey) -> tuple[str, str]:
-        return f"{self.prefix}:{{{key}}}:counts", f"{self.prefix}:{{{key}}}:leases"
+    def keys(self, key: HostKey) -> tuple[str, str, str]:
+        return f"{self.prefix}:{{{key}}}:counts", f"{self.prefix}:{{{key}}}:leases", self.topology.marker(key)
+
+    def _epoch_args(self, key: HostKey) -> tuple[str, str]:
+        """(the epoch this worker knows for key's marker, a new one should it be missing).
+
+        The proposal stays the same until a script used it (then a fresh one is drawn), so
+        commands keep their cached encoding; a marker re-created after another loss never
+        carries an epoch any worker already knows.
+        """
+        return self._epochs.get(self.topology.marker(key), ""), self._proposal
 
     # admission -------------------------------------------------------------------------
     def acquire(self, key: HostKey) -> Slot:
         limit = self.limits.limit_for(key)
         self._touched.add(key)
-        if not self._redis_usable():
-            return self._fallback(key, limit, "Redis is down")
+        try:
+            shard = self.topology.shard_for(key)
+        except RedisUnavailable as exc:
+            return self._fallback(key, limit, str(exc))
+        refusal = self._refusal(shard)
+        if refusal:
+            return self._fallback(key, limit, refusal)
         abandoned = False
+        sent_at = 0.0
 
         def count() -> None:
+            nonlocal sent_at
+            sent_at = time.monotonic()
             self._count(key)  # counted as the acquire leaves, in order with the refreshes
 
         def on_reply(reply: object) -> None:
             # Runs in the channel's reader as the reply arrives: no refresh sees it half-done.
             admitted = not isinstance(reply, BaseException) and reply[0] == 1  # type: ignore[index]
             if not admitted:
-                self._uncount(key)  # refused, not run (NOSCRIPT), or unknown: a refresh settles it
+                self._uncount(key)  # refused, not run (NOSCRIPT, MOVED), or unknown: a refresh settles it
             elif abandoned:
                 gevent.spawn(self._release, key)  # the caller was killed while waiting
 
-        args = (self.worker, limit, self._lease_ms, self._key_ttl_ms)
+        known, new = self._epoch_args(key)
+        args = (self.worker, limit, self._lease_ms, self._key_ttl_ms, known, new)
         try:
-            reply: Any = self.runner.run(ACQUIRE, self.keys(key), args, before_send=count, on_reply=on_reply)
-        except _FAILURES as exc:
-            self._mark_down(exc)
+            shard, reply = self._run(shard, key, ACQUIRE, args, count, on_reply)
+        except _FAILURES as exc:  # the shard that failed is marked down (see _run)
             return self._fallback(key, limit, str(exc))
         except BaseException:
             abandoned = True
             raise
         finally:
-            self._probing = False
-        self._mark_up()
-        admitted, _total, own_before = reply
+            shard.probing = False
+        self._mark_up(shard)
+        admitted, _total, own_before, epoch = reply
+        self._learn_epoch(key, epoch)
+        if admitted == -1:
+            self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
+            return self._fallback(key, limit, "re-asserting counts after Redis lost data")
         if not admitted:
             raise LimitExceeded(key, limit)
-        if own_before < 0 and self._local.get(key, 0) > 1:
-            self._refresh_now.set()  # our other slots are missing from Redis: it lost data
-        return Slot(key, self._release)
+        if own_before < 0:  # this admission gave the worker its lease on key
+            self.leases.created(shard, key, sent_at)
+        else:
+            self.leases.admitted(key, sent_at)
+        slot = Slot(key, self._release, shared=True)
+        if self.wait_replicas:
+            self._wait_for_replicas(shard, slot)
+        return slot
+
+    def _refusal(self, shard: Shard) -> str:
+        """Why admission on ``shard`` cannot ask Redis now ("" if it can)."""
+        now = time.monotonic()
+        if now < shard.paused_until:
+            return "re-asserting counts after a Redis recovery"
+        if self.leases.lapsed(shard, now):
+            self._refresh_now.set()
+            return "this worker's lease lapsed"
+        if not shard.healthy:
+            if shard.probing or now < shard.down_until:
+                return "Redis is down"
+            shard.probing = True  # this caller probes; the others use the policy meanwhile
+        return ""
 
     def _fallback(self, key: HostKey, limit: int, reason: str) -> Slot:
         if self.on_error == "reject":
@@ -144,6 +226,17 @@ class RedisLimiter(Limiter):
         self._count(key)
         return Slot(key, self._uncount)
 
+    def _wait_for_replicas(self, shard: Shard, slot: Slot) -> None:
+        """--redis-wait-replicas: an admission counts only once replicas hold it (WAIT)."""
+        try:
+            acknowledged = shard.channel.call("WAIT", self.wait_replicas, int(self.timeout * 1000))
+        except _FAILURES as exc:
+            acknowledged = 0
+            self._mark_down(shard, exc)
+        if int(acknowledged) < self.wait_replicas:  # type: ignore[call-overload]
+            slot.release()
+            raise LimiterUnavailable(f"only {acknowledged} of {self.wait_replicas} replicas confirmed the admission")
+
     def _release(self, key: HostKey) -> None:
         """Send the release and wait for it (bounded by the Redis timeout).
 
@@ -153,7 +246,8 @@ class RedisLimiter(Limiter):
         read (in the channel's reader), so a refresh counts the slot until Redis has
         applied the release: Redis never sees fewer than are open.
         """
-        if not self._redis_usable():
+        shard = self.topology.known_shard(key)
+        if shard is None or not shard.healthy or time.monotonic() < shard.down_until:
             self._uncount(key)  # Redis keeps an extra count until the next refresh
             return
         in_flight = settled = False
@@ -165,21 +259,66 @@ class RedisLimiter(Limiter):
         def on_reply(reply: object) -> None:
             nonlocal in_flight, settled
             in_flight = False
-            if is_noscript(reply):
-                return  # not run: the runner sends it again once the script is loaded
+            if is_noscript(reply) or _redirect(reply):
+                return  # not run: sent again once the script is loaded, or to the right node
             settled = True
             self._uncount(key)
-            if isinstance(reply, int) and reply < 0:
+            if reply == -1:
                 self._refresh_now.set()  # Redis had no count of ours: it lost data
+            elif reply == -2:
+                self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
 
+        known = self._epochs.get(self.topology.marker(key), "")
         try:
-            self.runner.run(RELEASE, self.keys(key), (self.worker,), before_send=sent, on_reply=on_reply)
-        except _FAILURES as exc:
-            self._mark_down(exc)  # Redis may keep an extra count until the next refresh
+            self._run(shard, key, RELEASE, (self.worker, known), sent, on_reply)
+        except _FAILURES:
+            pass  # Redis may keep an extra count until the next refresh
         finally:
-            self._probing = False
             if not in_flight and not settled:
                 self._uncount(key)  # never sent, or not run: no reply will settle it
+
+    def _run(
+        self,
+        shard: Shard,
+        key: HostKey,
+        script: Any,
+        args: tuple[object, ...] | Callable[[], tuple],
+        before_send: Callable[[], None] | None = None,
+        on_reply: OnReply | None = None,
+        redirect: ReplyError | None = None,
+    ) -> tuple[Shard, Any]:
+        """Run a script for ``key``, following a Cluster's MOVED and ASK (``redirect``: one
+        already received), and retrying TRYAGAIN (a slot's keys split by a migration, for
+        a moment) until the Redis timeout."""
+        deadline = time.monotonic() + self.timeout
+        asking = False
+        redirects = 0
+        while True:
+            if redirect is not None:
+                if redirect.code == "TRYAGAIN":
+                    if time.monotonic() + 0.02 >= deadline:
+                        raise KeyUnavailable(f"the Cluster slot of {key} is being migrated (TRYAGAIN)")
+                    gevent.sleep(0.01)
+                elif redirect.code in ("MOVED", "ASK") and redirects < MAX_REDIRECTS:
+                    redirects += 1
+                    try:
+                        shard = self.topology.redirected(redirect)
+                    except RedisUnavailable as exc:
+                        raise KeyUnavailable(f"{key}: {exc}") from None
+                    asking = redirect.code == "ASK"
+                else:
+                    raise KeyUnavailable(f"{key}: {redirect}")
+            try:
+                reply = shard.runner.run(script, self.keys(key), args, before_send, on_reply, deadline, asking)
+                return shard, reply
+            except ReplyError as exc:
+                if exc.code not in _REDIRECTS:
+                    self._mark_down(shard, exc)
+                    raise
+                redirect = exc
+            except RedisUnavailable as exc:
+                self._mark_down(shard, exc)
+                raise
 
     def _count(self, key: HostKey) -> None:
         self._local[key] = self._local.get(key, 0) + 1
@@ -187,28 +326,100 @@ class RedisLimiter(Limiter):
     def _uncount(self, key: HostKey) -> None:
         if count_down(self._local, key):
             self._touched.add(key)  # refresh it once more, at 0, to clear any leftover
+            self.leases.dropped(key)
 
-    # health ----------------------------------------------------------------------------
-    def _redis_usable(self) -> bool:
-        """False while Redis is known down: admission answers at once instead of waiting."""
-        if self._healthy:
-            return True
-        if self._probing or time.monotonic() < self._down_until:
-            return False
-        self._probing = True  # this caller probes; the others use the policy meanwhile
-        return True
+    def _learn_epoch(self, key: HostKey, epoch: object) -> None:
+        if isinstance(epoch, bytes):
+            value = epoch.decode()
+            self._epochs[self.topology.marker(key)] = value
+            if value == self._proposal:
+                self._proposal = secrets.token_hex(8)
 
-    def _mark_down(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + RETRY_INTERVAL
-        if self._healthy:
-            self._healthy = False
-            self.log.error("Redis unavailable (%s): on-redis-error=%s until it is back", exc, self.on_error)
+    # health and recovery ---------------------------------------------------------------
+    def _mark_down(self, shard: Shard, exc: BaseException) -> None:
+        shard.down_until = time.monotonic() + RETRY_INTERVAL
+        if shard.healthy:
+            shard.healthy = False
+            self.log.error(
+                "Redis unavailable at %s (%s): on-redis-error=%s until it is back", shard.name, exc, self.on_error
+            )
 
-    def _mark_up(self) -> None:
-        if not self._healthy:
-            self._healthy = True
-            self.log.warning("Redis available again: refreshing this worker's counts")
+    def _mark_up(self, shard: Shard) -> None:
+        if not shard.healthy:
+            shard.healthy = True
+            self.log.warning("Redis available again at %s", shard.name)
             self._refresh_now.set()
+
+    def _recover(self, shard: Shard, pause: float, reason: str) -> None:
+        """Admit nothing on ``shard`` for ``pause`` while every holder re-asserts its counts."""
+        until = time.monotonic() + pause
+        if until > shard.paused_until + 0.1:
+            self.log.warning("Redis %s: %s; re-asserting counts, admissions paused %.2fs", shard.name, reason, pause)
+        shard.paused_until = max(shard.paused_until, until)
+        self._refresh_now.set()
+
+    def _held_on(self, shard: Shard) -> list[HostKey]:
+        return [key for key, n in self._local.items() if n and self.topology.known_shard(key) is shard]
+
+    def _setup_shard(self, shard: Shard) -> None:
+        shard.channel.on_connect = lambda connected: self._on_connect(shard, connected)
+
+    def _on_connect(self, shard: Shard, connected: Connected) -> Sequence[tuple[Build, OnReply | None]]:
+        """A connection is up: load the scripts, and re-assert this worker's counts first.
+
+        Runs before anything else is sent on the connection (and without yielding).
+        """
+        now = time.monotonic()
+        if connected.first:
+            shard.server_id = connected.server_id
+        elif connected.server_id != shard.server_id:
+            shard.server_id = connected.server_id
+            self._recover(
+                shard, self._reconnect_pause, f"now {connected.address}, another server (restart or failover)"
+            )
+        elif shard.refreshed_at is not None and now - shard.refreshed_at >= self.lease_ttl - self._lease_margin:
+            self._recover(shard, self._reconnect_pause, "this worker was cut off longer than its lease")
+        if shard.channel.kill_refused:
+            self.log.warning("Redis %s refused CLIENT KILL: a dead connection's late commands can land", shard.name)
+        commands: list[tuple[Build, OnReply | None]] = [
+            (lambda script=script: ("SCRIPT", "LOAD", script.source), None) for script in ALL
+        ]
+        if connected.first:
+            return commands
+        keys = [key for key in set(self._local) | self._touched if self.topology.known_shard(key) is shard]
+        if keys:
+            commands += self._refresh_commands(shard, keys, sent_at=now)
+        return commands
+
+    def _refresh_commands(
+        self, shard: Shard, keys: Sequence[HostKey], sent_at: float
+    ) -> list[tuple[Build, OnReply | None]]:
+        """Refreshes of ``keys`` to send first on a new connection; their replies renew the lease."""
+        remaining = len(keys)
+
+        def on_reply(key: HostKey) -> OnReply:
+            def settle(reply: object) -> None:
+                nonlocal remaining
+                if isinstance(reply, BaseException):
+                    self._touched.add(key)
+                    return
+                self._refreshed(shard, key, reply, sent_at)
+                remaining -= 1
+                if not remaining:
+                    shard.refreshed_at = sent_at
+                    self.leases.recompute(shard)
+
+            return settle
+
+        return [(ScriptRunner.builder(REFRESH, self.keys(key), self._refresh_args(key)), on_reply(key)) for key in keys]
+
+    def _refreshed(self, shard: Shard, key: HostKey, reply: object, sent_at: float) -> None:
+        _total, epoch, changed = reply  # type: ignore[misc]
+        self._learn_epoch(key, epoch)
+        if self._local.get(key):  # sent with this worker's count (> 0): its lease was renewed
+            self.leases.renewed(key, sent_at)
+        if changed:
+            self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
 
     # lease refresh ---------------------------------------------------------------------
     def start(self) -> None:
@@ -218,10 +429,22 @@ class RedisLimiter(Limiter):
 
     def _refresh_loop(self) -> None:
         while True:
-            interval = self.lease_ttl / 3 if self._healthy else min(RETRY_INTERVAL, self.lease_ttl / 3)
-            self._refresh_now.wait(interval)
+            self._refresh_now.wait(self._next_wait())
             self._refresh_now.clear()
             self.refresh()
+
+    def _next_wait(self) -> float:
+        """Until the next refresh: a third of the lease, a probe interval while a shard is down,
+        and never past the moment a lapsing lease must be acted on."""
+        wait = self.lease_ttl / 3
+        now = time.monotonic()
+        for shard in self.topology.shards():
+            if not shard.healthy:
+                wait = min(wait, RETRY_INTERVAL)
+            deadline = self.leases.next_deadline(shard, now)
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+        return wait
 
     def refresh(self, goodbye: bool = False) -> bool:
         """Send this worker's exact count and lease for every key it holds or touched.
@@ -231,21 +454,107 @@ class RedisLimiter(Limiter):
         ``goodbye`` sends 0 everywhere: this worker's part of every count is removed.
         """
         keys, self._touched = set(self._local) | self._touched, set()
+        by_shard: dict[Shard, list[HostKey]] = {}
+        for key in keys:
+            shard = self.topology.known_shard(key)
+            if shard is None:
+                self._touched.add(key)  # a Cluster slot not mapped yet: next time
+            else:
+                by_shard.setdefault(shard, []).append(key)
+        done = True
+        for shard in self.topology.shards():
+            if not goodbye:
+                self._check_lease(shard)
+            done &= self._refresh_shard(shard, by_shard.get(shard, []), goodbye)
+        return done
 
-        def args(key: HostKey) -> Callable[[], tuple]:
-            return lambda: (self.worker, 0 if goodbye else self._local.get(key, 0), self._lease_ms, self._key_ttl_ms)
+    def _check_lease(self, shard: Shard) -> None:
+        """--on-lease-loss: leases about to lapse in Redis, with connections they cover."""
+        keys, since = self.leases.lapsing(shard, time.monotonic())
+        if not keys:
+            return
+        if self.on_lease_loss == "close" and self.fence is not None:
+            closed = self.fence(keys)
+            self.log.error(
+                "lease on Redis %s lapsing (not renewed for %.1fs): closed %d upstream connection(s) it covered",
+                shard.name,
+                since,
+                closed,
+            )
+        else:
+            self.log.error(
+                "lease on Redis %s lapsing (not renewed for %.1fs): %d connection(s) go on uncounted "
+                "(--on-lease-loss keep); the fleet may exceed the cap while they live",
+                shard.name,
+                since,
+                sum(self._local.get(key, 0) for key in keys),
+            )
 
+    def _refresh_args(self, key: HostKey, goodbye: bool = False) -> Callable[[], tuple]:
+        """refresh.lua's arguments, read only as the command leaves."""
+
+        def args() -> tuple:
+            known, new = self._epoch_args(key)
+            count = 0 if goodbye else self._local.get(key, 0)
+            return (self.worker, count, self._lease_ms, self._key_ttl_ms, known, new)
+
+        return args
+
+    def _refresh_shard(self, shard: Shard, keys: list[HostKey], goodbye: bool) -> bool:
+        sent_at = time.monotonic()
+        moved: list[tuple[HostKey, ReplyError]] = []
         try:
             if keys:
-                self.runner.run_drained(REFRESH, [(self.keys(key), args(key)) for key in keys])
-            elif not self._healthy:
-                self.channel.call("PING")  # a probe, so recovery is noticed while idle
+                calls = [(self.keys(key), self._refresh_args(key, goodbye)) for key in keys]
+                replies = shard.runner.run_drained(REFRESH, calls)
+                for key, reply in zip(keys, replies, strict=True):
+                    if not isinstance(reply, ReplyError):
+                        self._refreshed(shard, key, reply, sent_at)
+                    elif _redirect(reply):
+                        moved.append((key, reply))
+                    else:
+                        raise reply
+            else:
+                self._probe(shard)
         except _FAILURES as exc:
-            self._touched |= keys
-            self._mark_down(exc)
+            self._touched |= set(keys)
+            self._mark_down(shard, exc)
             return False
-        self._mark_up()
+        shard.refreshed_at = sent_at
+        self.leases.recompute(shard)
+        self._mark_up(shard)
+        for key, redirect in moved:  # its slot moved (or is moving) to another node: follow it
+            self._refresh_moved(shard, key, redirect, goodbye)
         return True
+
+    def _refresh_moved(self, shard: Shard, key: HostKey, redirect: ReplyError, goodbye: bool) -> None:
+        """Refresh one key whose slot is elsewhere now. Sent on its own, not drained: across two
+        channels a count can only be too high at Redis (a slot is counted from before its
+        acquire leaves until its release is answered), and the next refresh corrects that."""
+        sent_at = time.monotonic()
+        try:
+            target, reply = self._run(shard, key, REFRESH, self._refresh_args(key, goodbye), redirect=redirect)
+        except _FAILURES:
+            self._touched.add(key)  # retried at the next refresh
+            return
+        self._refreshed(target, key, reply, sent_at)
+
+    def _probe(self, shard: Shard) -> None:
+        """A round trip while this worker holds nothing here: notices outages (and data loss)
+        while idle, and keeps the epoch markers it knows alive."""
+        markers = [marker for marker in self._epochs if self.topology.holder(marker) is shard]
+        if not markers:
+            shard.channel.call("PING")
+            return
+        deadline = shard.channel.deadline()
+        results = [
+            shard.channel.send(lambda m=marker: ("PEXPIRE", m, self._key_ttl_ms), deadline=deadline)
+            for marker in markers
+        ]
+        for marker, result in zip(markers, results, strict=True):
+            if shard.channel.wait(result, deadline) == 0:  # gone: Redis lost data
+                del self._epochs[marker]
+                self._recover(shard, self._epoch_pause, "the epoch marker is gone: Redis lost data")
 
     def close(self) -> None:
         """Graceful stop: remove this worker's counts for every key it touched."""
@@ -255,41 +564,46 @@ class RedisLimiter(Limiter):
         if not self.refresh(goodbye=True):
             self.log.warning("could not remove this worker's counts from Redis: they expire with its lease")
         self._touched.clear()
-        self.channel.close()
+        self.topology.close()
         self._hub = None
 
     # counts ----------------------------------------------------------------------------
     def fleet_count(self, key: HostKey) -> int:
         """The fleet-wide count (live leases only); callable from any thread."""
         try:
-            return int(self._in_hub(lambda runner: runner.run(COUNT, self.keys(key), ())))  # type: ignore[arg-type]
+            return int(self._in_hub(lambda topology: self._count_in(topology, key)))  # type: ignore[arg-type]
         except _FAILURES as exc:
             raise LimiterUnavailable(f"Redis unavailable: {exc}") from None
+
+    def _count_in(self, topology: Topology, key: HostKey) -> object:
+        shard = topology.shard_for(key)
+        counts, leases, _ = self.keys(key)
+        return shard.runner.run(COUNT, (counts, leases), ())
 
     def process_counts(self) -> dict[HostKey, int]:
         return {key: n for key, n in self._local.items() if n}
 
-    def _in_hub(self, call: Callable[[ScriptRunner], object]) -> object:
-        """Run ``call`` on this worker's channel, in its hub, whatever thread asks.
+    def _in_hub(self, call: Callable[[Topology], object]) -> object:
+        """Run ``call`` on this worker's connections, in its hub, whatever thread asks.
 
-        Before start (or after close) there is no hub to ask: a short-lived channel of
-        the calling thread answers instead.
+        Before start (or after close) there is no hub to ask: short-lived connections of
+        the calling thread answer instead.
         """
         hub = self._hub
         if hub is None:
-            channel = RedisChannel(self.address, self.timeout)
+            topology = make_topology(self.deployment, self.prefix, self.timeout, "", lambda shard: None)
             try:
-                return call(ScriptRunner(channel))
+                return call(topology)
             finally:
-                channel.close()
+                topology.close()
         if threading.get_ident() == self._hub_thread:
-            return call(self.runner)
+            return call(self.topology)
         done = threading.Event()
         outcome: list[tuple[bool, object]] = []
 
         def job() -> None:
             try:
-                outcome.append((True, call(self.runner)))
+                outcome.append((True, call(self.topology)))
             except BaseException as exc:
                 outcome.append((False, exc))
             finally:

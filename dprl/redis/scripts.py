@@ -34,6 +34,7 @@ ACQUIRE = Script("acquire")
 RELEASE = Script("release")
 REFRESH = Script("refresh")
 COUNT = Script("count")
+ALL = (ACQUIRE, RELEASE, REFRESH, COUNT)
 
 
 def is_noscript(reply: object) -> bool:
@@ -61,51 +62,68 @@ class ScriptRunner:
         self,
         script: Script,
         keys: tuple[str, ...],
-        args: tuple[object, ...],
+        args: tuple[object, ...] | Callable[[], tuple],
         before_send: Callable[[], None] | None = None,
         on_reply: OnReply | None = None,
+        deadline: float | None = None,
+        asking: bool = False,
     ) -> object:
         """Send the script's command and wait for its reply (ReplyError and RedisUnavailable raise).
 
-        ``before_send`` runs under the channel's send lock as the command leaves, and
-        again if it is sent a second time after NOSCRIPT; ``on_reply`` gets every reply,
-        the NOSCRIPT one included (``is_noscript`` tells it apart).
+        ``args`` is a tuple (the command is encoded once and cached) or a function read as
+        the command leaves (see ``builder``). ``before_send`` runs under the channel's send
+        lock as the command leaves, and again if it is sent a second time after NOSCRIPT;
+        ``on_reply`` gets every reply, the NOSCRIPT one included (``is_noscript`` tells it apart).
         """
-        command = self.command(script, keys, args)
+        encode = self.builder(script, keys, args) if callable(args) else None
+        command = b"" if callable(args) else self.command(script, keys, args)
+        deadline = deadline or self.channel.deadline()
 
         def build() -> bytes:
             if before_send is not None:
                 before_send()
-            return command
+            return command if encode is None else encode()
 
         try:
-            return self.channel.wait(self.channel.send(build, on_reply))
+            return self.channel.wait(self.channel.send(build, on_reply, deadline, asking), deadline)
         except ReplyError as exc:
             if not is_noscript(exc):
                 raise
-            self.load(script)
-            return self.channel.wait(self.channel.send(build, on_reply))
+            self.load(script, deadline)
+            return self.channel.wait(self.channel.send(build, on_reply, deadline, asking), deadline)
 
-    def run_drained(self, script: Script, calls: Sequence[tuple[tuple[str, ...], Callable[[], tuple]]]) -> list:
+    def run_drained(
+        self,
+        script: Script,
+        calls: Sequence[tuple[tuple[str, ...], Callable[[], tuple]]],
+        deadline: float | None = None,
+    ) -> list:
         """Send ``script`` once per (keys, args builder) when nothing else is in flight.
 
         The arguments are built as the commands leave (see ``RedisChannel.send_drained``),
-        so a count read there is exact at the point where Redis runs it.
+        so a count read there is exact at the point where Redis runs it. Replies come back
+        in order, errors as ReplyError values (a redirected key must not fail the others).
         """
-
-        def build(keys: tuple[str, ...], args: Callable[[], tuple]) -> Callable[[], bytes]:
-            return lambda: pack(("EVALSHA", script.sha, len(keys), *keys, *args()))
-
+        deadline = deadline or self.channel.deadline()
         for attempt in (1, 2):
-            try:
-                results = self.channel.send_drained([build(keys, args) for keys, args in calls])
-                return [self.channel.wait(result) for result in results]
-            except ReplyError as exc:
-                if attempt == 2 or not is_noscript(exc):
-                    raise
-                self.load(script)
+            results = self.channel.send_drained([self.builder(script, keys, args) for keys, args in calls], deadline)
+            replies = []
+            for result in results:
+                try:
+                    replies.append(self.channel.wait(result, deadline))
+                except ReplyError as exc:
+                    replies.append(exc)
+            if attempt == 1 and any(is_noscript(reply) for reply in replies):
+                self.load(script, deadline)
+                continue
+            return replies
         raise AssertionError("unreachable")
 
-    def load(self, script: Script) -> None:
+    @staticmethod
+    def builder(script: Script, keys: tuple[str, ...], args: Callable[[], tuple]) -> Callable[[], bytes]:
+        """A command whose arguments are read only as it leaves (not cached)."""
+        return lambda: pack(("EVALSHA", script.sha, len(keys), *keys, *args()))
+
+    def load(self, script: Script, deadline: float | None = None) -> None:
         """After NOSCRIPT (Redis restarted or flushed its scripts)."""
-        self.channel.call("SCRIPT", "LOAD", script.source)
+        self.channel.call("SCRIPT", "LOAD", script.source, deadline=deadline)
