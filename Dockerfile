@@ -1,6 +1,6 @@
 # dprl: HTTP(S) forward proxy capping concurrent upstream connections per host.
 #   docker build -t dprl .
-#   docker run --rm -p 8080:8080 dprl --max-connections 25
+#   docker run --rm -p 8080:8080 -p 9090:9090 dprl --max-connections 25
 #   docker run --rm -p 8080:8080 -e REDIS_ADDR=redis:6379 dprl --max-connections 100
 # BASE can point at any Debian-like image with python3 (>= 3.10), venv and pip.
 ARG BASE=python:3.11-slim
@@ -11,7 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     DPRL_BIND=0.0.0.0 \
-    DPRL_PORT=8080
+    DPRL_PORT=8080 \
+    DPRL_ADMIN_BIND=0.0.0.0 \
+    DPRL_ADMIN_PORT=9090
 
 WORKDIR /opt/dprl
 COPY setup.py pyproject.toml README.md ./
@@ -21,5 +23,6 @@ RUN python3 -m venv /opt/venv \
     && useradd --system --no-create-home --shell /usr/sbin/nologin dprl
 
 USER dprl
-EXPOSE 8080
+# 8080: the proxy; 9090: the admin listener (/metrics, /healthz, /readyz, /hosts)
+EXPOSE 8080 9090
 ENTRYPOINT ["/opt/venv/bin/python", "-m", "dprl"]

@@ -18,6 +18,7 @@ setup(
         "gevent>=24.2",
         "hiredis>=2.0",
         "configargparse>=1.7",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": [

@@ -22,6 +22,7 @@ import gevent
 from .config import Config, flag, options, parse_host_limit, parser_for
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
+from .logs import setup_logging
 from .version import __version__
 
 _INI_KEYS = {flag(spec)[2:] for spec in options()}
@@ -87,7 +88,8 @@ def _converter(spec) -> object:  # type: ignore[no-untyped-def]
 def build_parser() -> configargparse.ArgParser:
     parser = _Parser(
         prog="dprl",
-        description="HTTP(S) forward proxy that caps concurrent upstream connections per host.",
+        description="HTTP(S) forward proxy that caps concurrent upstream connections per host. "
+        "'dprl status --help': the table of hosts of a running proxy, or of a fleet in Redis.",
         config_file_parser_class=IniConfigFileParser,
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
         add_env_var_help=True,
@@ -126,16 +128,6 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
         fail(str(exc))
 
 
-def setup_logging(level: str) -> logging.Logger:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log = logging.getLogger("dprl")
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel({"warn": "WARNING"}.get(level, level.upper()))
-    return log
-
-
 def raise_open_files_limit(log: logging.Logger) -> int:
     """Every client and upstream connection is a descriptor: raise the soft limit to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -151,8 +143,13 @@ def raise_open_files_limit(log: logging.Logger) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
-    log = setup_logging(config.log_level)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["status"]:
+        from .ops.status import main as status_main
+
+        return status_main(args[1:])
+    config = parse_config(args)
+    log = setup_logging(config.log_level, config.log_format)
     raise_open_files_limit(log)
     proxy = ProxyRateLimiter(config=config, logger=log)
     # Handlers first: a signal that arrives as soon as "listening" is logged must find them.
@@ -163,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy.serve_forever()
     except ListenError as exc:
         sys.stderr.write(f"dprl: error: {exc.strerror}\n")
-        return 1
+        return 2
     return 0
 
 

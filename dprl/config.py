@@ -24,6 +24,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 REDIS_POLICIES = ("reject", "allow", "local")
 LEASE_LOSS_POLICIES = ("keep", "close")
+LOG_FORMATS = ("text", "json")
+REJECT_STATUSES = (429, 500, 503)
 DEFAULT_ALLOW_CLIENTS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,fe80::/10"
 DEFAULT_DENY_DESTINATIONS = "169.254.0.0/16"
 
@@ -41,6 +43,16 @@ def parse_host_limit(text: str) -> tuple[str, int]:
 def parse_host_limits(text: str) -> dict[str, int]:
     """Comma-separated ``HOST=N`` pairs."""
     return dict(parse_host_limit(item) for item in text.split(",") if item.strip())
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (a flag, an env var or an INI value)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"must be true or false, got {text!r}")
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -123,6 +135,12 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 def _port(value: int) -> int:
     if not 0 <= value <= 65535:
         raise ConfigError(f"must be 0-65535, got {value}")
+    return value
+
+
+def _reject_status(value: int) -> int:
+    if not 400 <= value <= 599:
+        raise ConfigError(f"must be an HTTP error status (400-599; 429, 500 and 503 are usual), got {value}")
     return value
 
 
@@ -303,6 +321,44 @@ class Config:
         "seconds between the aggregated 'refused N connections to HOST' warnings",
         env="DPRL_REFUSAL_LOG_INTERVAL",
         check=_positive,
+    )
+    access_log: bool = option(
+        False,
+        "log one line per finished upstream connection at info level (host, client, status, bytes)",
+        env="DPRL_ACCESS_LOG",
+        parse=parse_bool,
+        readme_default="false",
+    )
+    log_format: str = option(
+        "text", "text, or json (one JSON object a line)", env="DPRL_LOG_FORMAT", check=_one_of(LOG_FORMATS)
+    )
+    # refusals -------------------------------------------------------------------------------
+    reject_status: int = option(
+        500,
+        "status of a refusal at the cap (500 is the reference's; 429 and 503 are usual)",
+        env="DPRL_REJECT_STATUS",
+        check=_reject_status,
+    )
+    retry_after: int = option(
+        1,
+        "Retry-After seconds sent with a refusal at the cap (0 = no header)",
+        env="DPRL_RETRY_AFTER",
+        check=_at_least(0, "0 (no header) or more"),
+    )
+    # operations -----------------------------------------------------------------------------
+    admin_port: int = option(
+        0,
+        "port of the admin listener: /metrics, /healthz, /readyz, /hosts (0 = off)",
+        env="DPRL_ADMIN_PORT",
+        check=_port,
+        readme_default="0 (off)",
+    )
+    admin_bind: str = option("127.0.0.1", "address of the admin listener", env="DPRL_ADMIN_BIND", check=_not_empty)
+    metrics_max_hosts: int = option(
+        500,
+        'most host label values in /metrics; the rest are summed under host="_other"',
+        env="DPRL_METRICS_MAX_HOSTS",
+        check=_at_least(1),
     )
     # distributed mode -----------------------------------------------------------------------
     redis_url: str = option(

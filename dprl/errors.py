@@ -66,6 +66,14 @@ class LimiterUnavailable(Exception):
 class RedisUnavailable(Exception):
     """Redis could not be reached, or did not answer in time."""
 
+    kind = "connection"  # the ``kind`` label of dprl_redis_errors_total
+
+
+class RedisTimeout(RedisUnavailable):
+    """Redis did not answer (or accept a connection) within --redis-timeout."""
+
+    kind = "timeout"
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line meant for a user."""

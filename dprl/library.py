@@ -21,15 +21,18 @@ from .limits.hosts import HostLimits, normalize_host_spec
 from .limits.limiter import Limiter
 from .limits.memory import MemoryLimiter
 from .net.dial import Resolver
+from .ops.admin import AdminServer
 from .proxy.server import ProxyServer
+from .stats import ProxyStats
 
 DEFAULT_LOGGER = "dprl"
 
 
 def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured."""
+    stats = ProxyStats(config.metrics_max_hosts, pinned=limits.has_override)
     if config.redis_deployment is None:
-        return MemoryLimiter(limits)
+        return MemoryLimiter(limits, stats)
     from .redis.limiter import RedisLimiter
 
     return RedisLimiter(
@@ -42,6 +45,7 @@ def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Lim
         wait_replicas=config.redis_wait_replicas,
         timeout=config.redis_timeout,
         log=log,
+        stats=stats,
     )
 
 
@@ -82,6 +86,7 @@ class ProxyRateLimiter:
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits)
         self.limiter = make_limiter(self.config, self.limits, self.log)
         self._server: ProxyServer | None = None
+        self._admin: AdminServer | None = None
         self._thread: threading.Thread | None = None
         self._hub: gevent.hub.Hub | None = None
         self._stop_requested: gevent.event.Event | None = None
@@ -125,6 +130,15 @@ class ProxyRateLimiter:
         if self._server is None:
             raise RuntimeError("the proxy is not started")
         return self._server.server_port
+
+    @property
+    def admin_url(self) -> str | None:
+        """The admin listener's base URL (None when --admin-port is 0)."""
+        if self._admin is None:
+            return None
+        host = self.config.admin_bind
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://[{host}]:{self._admin.port}" if ":" in host else f"http://{host}:{self._admin.port}"
 
     @property
     def proxy_url(self) -> str:
@@ -188,21 +202,31 @@ class ProxyRateLimiter:
 
     # internals -------------------------------------------------------------------------
     def _build_server(self) -> None:
-        server = ProxyServer(self.config, self.limiter, self.log, self.resolver)
-        server.start()
+        c = self.config
+        server = ProxyServer(c, self.limiter, self.log, self.resolver)
+        admin = AdminServer(server, c.admin_bind, c.admin_port, self.log) if c.admin_port else None
+        if admin is not None:
+            admin.start()  # first: a port that cannot be bound stops the start before any serving
+        try:
+            server.start()
+        except BaseException:
+            if admin is not None:
+                admin.stop()
+            raise
+        self._admin = admin
         self._hub = gevent.get_hub()
         self._stop_requested = gevent.event.Event()
         self._done = gevent.event.Event()
         self._server = server
-        c = self.config
         self.log.info(
-            "dprl listening on %s:%d mode=%s max-connections=%s host-limits=%s%s",
+            "dprl listening on %s:%d mode=%s max-connections=%s host-limits=%s%s%s",
             c.bind,
             server.server_port,
             self.limiter.mode,
             c.max_connections or "unlimited",
             ",".join(f"{h}={n}" for h, n in sorted(self.limits.overrides().items())) or "none",
             f" {self.limiter.describe()}" if self.limiter.describe() else "",
+            f" admin=http://{c.admin_bind}:{admin.port}" if admin is not None else "",
         )
 
     def _thread_main(self, ready: threading.Event) -> None:
@@ -229,9 +253,12 @@ class ProxyRateLimiter:
 
     def _shutdown(self) -> None:
         server, self._server = self._server, None
+        admin, self._admin = self._admin, None
         if server is not None:
-            server.stop(self._stop_timeout)
+            server.stop(self._stop_timeout)  # /readyz answers 503 from its first moment
             self.log.info("dprl stopped")
+        if admin is not None:
+            admin.stop()
         self._done.set()
 
 

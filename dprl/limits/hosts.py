@@ -48,6 +48,9 @@ class HostLimits:
     def limit_for(self, key: HostKey) -> int:
         return self._overrides.get(key, self.default)
 
+    def has_override(self, key: HostKey) -> bool:
+        return key in self._overrides
+
     def set(self, host: str, limit: int) -> None:
         """Set one host's limit; 0 or less removes the override (reference semantics)."""
         key = normalize_host_spec(host)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
+from ..stats import ProxyStats
 from .hosts import HostKey, HostLimits
 
 
@@ -62,8 +63,10 @@ class Limiter(ABC):
     Implementations: ``MemoryLimiter`` (one process) and ``RedisLimiter`` (a fleet).
     """
 
-    def __init__(self, limits: HostLimits) -> None:
+    def __init__(self, limits: HostLimits, stats: ProxyStats | None = None) -> None:
         self.limits = limits
+        # what operators see of this process (dprl.ops reads it; the proxy and this limiter write it)
+        self.stats = stats if stats is not None else ProxyStats(pinned=limits.has_override)
         # Set by the server: end the upstream connections of these host keys whose slots are
         # shared, and return how many (a worker whose lease lapsed, --on-lease-loss close).
         self.fence: Callable[[set[HostKey]], int] | None = None
@@ -79,6 +82,20 @@ class Limiter(ABC):
     @abstractmethod
     def process_counts(self) -> dict[HostKey, int]:
         """Slots held by this process, per host key (keys with none are left out)."""
+
+    def seen_fleet_counts(self) -> dict[HostKey, int] | None:
+        """Fleet-wide counts as last seen in replies, per host key (None: no fleet, local mode)."""
+        return None
+
+    def backend_up(self) -> bool | None:
+        """Whether the shared store answered its last call (None: there is none, local mode)."""
+        return None
+
+    def probe(self) -> str:
+        """Why this limiter cannot admit now under its failure policy ("" if it can).
+
+        May ask the shared store (bounded by its timeout); runs in the serving hub."""
+        return ""
 
     def start(self) -> None:  # noqa: B027 (an optional hook)
         """Start background work (lease refresh); called in the serving hub."""

@@ -7,13 +7,14 @@ yields to another greenlet, so no lock is needed; other threads only read counts
 from __future__ import annotations
 
 from ..errors import LimitExceeded
+from ..stats import ProxyStats
 from .hosts import HostKey, HostLimits
 from .limiter import Limiter, Slot, count_down
 
 
 class MemoryLimiter(Limiter):
-    def __init__(self, limits: HostLimits) -> None:
-        super().__init__(limits)
+    def __init__(self, limits: HostLimits, stats: ProxyStats | None = None) -> None:
+        super().__init__(limits, stats)
         self._counts: dict[HostKey, int] = {}
 
     def acquire(self, key: HostKey) -> Slot:

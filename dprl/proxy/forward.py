@@ -91,6 +91,7 @@ class ForwardExchange:
         self.label = label  # the host key, for messages
         self.upgrade = rewrite.is_upgrade(request)
         self.keep_client = rewrite.wants_keep_alive(request)
+        self.status = 0  # of the final (or 101) response relayed, for the access log
 
     def run(self) -> Outcome:
         request, up = self.request, self.upstream
@@ -196,6 +197,7 @@ class ForwardExchange:
         while 100 <= response.status < 200 and response.status != 101:
             self._relay_interim(response)
             response = self._read_response()
+        self.status = response.status
         if response.status == 101:
             if not self.upgrade:
                 raise UpstreamError(f"upstream {self.label} switched protocols without an upgrade request")
@@ -247,6 +249,7 @@ class ForwardExchange:
             except (ConnectionLost, UpstreamError):
                 reason = failure or "closed while taking the request body"
                 raise UpstreamError(f"upstream {self.label} failed: {reason}") from None
+        self.status = response.status
         try:
             framing = response_framing(response, self.request.method)
             head, dechunk, _ = rewrite.final_head(response, self.request.version, framing, keep_client=False)

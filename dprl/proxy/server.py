@@ -53,6 +53,7 @@ class ProxyServer(StreamServer):
             dialer=Dialer(settings.connect_timeout, resolve, self.access.destination_allowed, self.keepalive_tuner),
             log=log,
             state=ServerState(),
+            stats=limiter.stats,
         )
         self._accept_paused = False
         self._accept_delay = 0.0
@@ -138,6 +139,7 @@ class ProxyServer(StreamServer):
             return
         if not self.access.client_allowed(address[0]):
             self.refusals.record(f"from {address[0]}: client not in --allow-clients")
+            self.limiter.stats.refused(None, "access")
             with contextlib.suppress(OSError):
                 sock.sendall(FORBIDDEN_CLIENT)
             return

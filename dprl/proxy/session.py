@@ -27,6 +27,7 @@ from ..http.target import Target, connect_target, forward_target
 from ..limits.hosts import host_key
 from ..limits.limiter import Limiter
 from ..net.endpoint import Endpoint
+from ..stats import ProxyStats
 from .access import REALM, AccessPolicy
 from .forward import ForwardExchange
 from .refusals import RefusalLog
@@ -54,6 +55,7 @@ class SessionContext:
     dialer: Dialer
     log: logging.Logger
     state: ServerState
+    stats: ProxyStats
 
 
 class ClientSession:
@@ -65,6 +67,7 @@ class ClientSession:
         "context",
         "greenlet",
         "idle",
+        "key",
         "peer",
         "upstream",
     )
@@ -79,6 +82,7 @@ class ClientSession:
         self.peer = address[0]  # the client's IP, as the policy and the refusal log see it
         self.address = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
         self.upstream: UpstreamConnection | None = None
+        self.key: str | None = None  # the host key of the request being served, once known
         self.idle = True  # waiting for a request head: safe to close at shutdown
         self.greenlet = gevent.getcurrent()
 
@@ -128,6 +132,7 @@ class ClientSession:
         """Serve one request; True if the client connection can carry another."""
         mark = self.client.bytes_out
         has_body = False
+        self.key = None
         try:
             check_host_field(request)
             framing = request_framing(request)
@@ -135,7 +140,7 @@ class ClientSession:
             if not self._authorised(request):
                 extra = [("Proxy-Authenticate", f'Basic realm="{REALM}"')]
                 keep = self._keep(request, has_body)  # the client retries on it with credentials
-                return self._answer(407, "proxy authentication required", keep, extra, unread_body=has_body)
+                return self._answer(407, "proxy authentication required", keep, extra, has_body, "auth")
             if request.method == "CONNECT":
                 if has_body:
                     raise ProtocolError(400, "CONNECT request with a body")
@@ -157,7 +162,7 @@ class ClientSession:
             self.context.log.exception("client %s: internal error", self.address)
             if self.client.bytes_out == mark:
                 self.client.out.clear()
-                self._answer(500, "internal error", keep=False, unread_body=has_body)
+                self._answer(500, "internal error", keep=False, unread_body=has_body, reason="internal")
             return False
 
     def _keep(self, request: RequestHead, has_body: bool) -> bool:
@@ -187,7 +192,7 @@ class ClientSession:
     def _forward(self, request: RequestHead, framing: BodyFraming) -> bool:
         upgrade = rewrite.is_upgrade(request)
         target = forward_target(request, upgrade)
-        key = host_key(target.host, target.port)
+        key = self.key = host_key(target.host, target.port)
         settings = self.context.settings
         if self._response_timer is None and settings.upstream_timeout:
             self._response_timer = gevent.Timeout(settings.upstream_timeout)
@@ -195,7 +200,7 @@ class ClientSession:
             reused = self._upstream_for(target, key)
             upstream = self.upstream
             assert upstream is not None
-            outcome = ForwardExchange(
+            exchange = ForwardExchange(
                 self.client,
                 upstream.endpoint,
                 request,
@@ -205,12 +210,15 @@ class ClientSession:
                 response_timer=self._response_timer,
                 log=self.context.log,
                 label=key,
-            ).run()
+            )
+            outcome = exchange.run()
+            upstream.status = exchange.status
+            upstream.requests += 1
             if not outcome.retry:
                 break
             self.close_upstream()  # it closed unanswered: a safe request goes once more, on a new one
         if outcome.upgrade:
-            Tunnel(self.client, upstream.endpoint, settings.tunnel_idle_timeout, self.context.log, key).run()
+            self._tunnel(upstream, b"")
             return False
         if outcome.keep_upstream:
             upstream.last_used = time.monotonic()
@@ -235,18 +243,27 @@ class ClientSession:
         target = connect_target(request)
         if not self.context.access.port_allowed(target.port):
             raise AccessDenied(f"CONNECT to port {target.port} is not allowed by --connect-ports")
-        key = host_key(target.host, target.port)
+        key = self.key = host_key(target.host, target.port)
         if self.upstream is not None:
             self.close_upstream()
-        self.upstream = self._open_upstream(target, key)
-        settings = self.context.settings
-        tunnel = Tunnel(self.client, self.upstream.endpoint, settings.tunnel_idle_timeout, self.context.log, key)
-        tunnel.run(announce=rewrite.CONNECTION_ESTABLISHED)
+        upstream = self.upstream = self._open_upstream(target, key)
+        upstream.status, upstream.requests = 200, 1
+        self._tunnel(upstream, rewrite.CONNECTION_ESTABLISHED)
+
+    def _tunnel(self, upstream: UpstreamConnection, announce: bytes) -> None:
+        context = self.context
+        tunnel = Tunnel(self.client, upstream.endpoint, context.settings.tunnel_idle_timeout, context.log, upstream.key)
+        result = tunnel.run(announce)
+        context.stats.tunnelled(result.a_to_b, result.b_to_a)
 
     # upstream ------------------------------------------------------------------------------
     def _open_upstream(self, target: Target, key: str) -> UpstreamConnection:
         context = self.context
-        return UpstreamConnection.open(context.limiter, context.dialer, target, key, self.address, context.log)
+        upstream = UpstreamConnection.open(context.limiter, context.dialer, target, key, self.address, context.log)
+        if context.settings.access_log:
+            upstream.access_level = logging.INFO
+        context.stats.opened(key, upstream.connect_seconds)
+        return upstream
 
     def close_upstream(self) -> None:
         up, self.upstream = self.upstream, None
@@ -255,21 +272,32 @@ class ClientSession:
 
     # answers -------------------------------------------------------------------------------
     def _refuse(self, exc: LimitExceeded | LimiterUnavailable, keep: bool, unread_body: bool) -> bool:
+        """At the cap: --reject-status, with Retry-After when --retry-after asks for it."""
+        context, settings = self.context, self.context.settings
         if isinstance(exc, LimitExceeded):
-            self.context.refusals.record(f"to {exc.key}: limit {exc.limit} reached")
+            context.refusals.record(f"to {exc.key}: limit {exc.limit} reached")
+            context.stats.refused(exc.key, "limit")
             message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections)"
-        else:
-            self.context.refusals.record("while the limiter is unavailable")
-            message = f"connection limiter unavailable: {exc}"
-        return self._send_answer(500, message, keep, unread_body=unread_body)
+            extra = [("Retry-After", str(settings.retry_after))] if settings.retry_after else None
+            return self._send_answer(settings.reject_status, message, keep, extra, unread_body)
+        context.refusals.record("while the limiter is unavailable")
+        context.stats.refused(self.key, "limiter_unavailable")
+        return self._send_answer(500, f"connection limiter unavailable: {exc}", keep, unread_body=unread_body)
 
     def _answer(
-        self, status: int, message: str, keep: bool, extra: list | None = None, unread_body: bool = False
+        self,
+        status: int,
+        message: str,
+        keep: bool,
+        extra: list | None = None,
+        unread_body: bool = False,
+        reason: str | None = None,
     ) -> bool:
         """An error answer of ours. Counted per interval at warning level; the details of
         each only at debug, so a flood of bad requests cannot flood the log."""
         if status != 407:
             self.context.refusals.record(f"with status {status}")
+        self.context.stats.refused(self.key, reason or refusal_reason(status))
         self.context.log.debug("client %s: %d %s", self.address, status, message)
         return self._send_answer(status, message, keep, extra, unread_body)
 
@@ -281,3 +309,16 @@ class ClientSession:
         if not keep and unread_body:
             self.client.linger()  # the unread body must not turn our answer into a reset
         return keep
+
+
+def refusal_reason(status: int) -> str:
+    """The ``reason`` label of an answer of ours with this status (see dprl.stats)."""
+    if status == 403:
+        return "access"
+    if status == 407:
+        return "auth"
+    if status in (408, 504):
+        return "timeout"
+    if status in (502, 503):
+        return "upstream_error"
+    return "bad_request" if 400 <= status < 500 or status in (501, 505) else "internal"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..net.endpoint import Endpoint
-from ..net.pipe import pipe
+from ..net.pipe import PipeResult, pipe
 
 
 class Tunnel:
@@ -21,7 +21,7 @@ class Tunnel:
         self.log = log
         self.label = label  # the host key, for messages
 
-    def run(self, announce: bytes = b"") -> None:
+    def run(self, announce: bytes = b"") -> PipeResult:
         """Pipe until both directions end.
 
         ``announce`` goes to the client first: the ``200 Connection Established`` of a
@@ -38,3 +38,4 @@ class Tunnel:
         up.bytes_in += result.b_to_a
         if result.failure is not None:
             self.log.error("tunnel to %s ended by an internal error", self.label, exc_info=result.failure)
+        return result

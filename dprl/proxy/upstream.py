@@ -2,7 +2,8 @@
 
 ``UpstreamConnection.open`` takes the slot before the dial and gives it back if the dial
 fails; ``close`` shuts the socket and releases the slot exactly once, and writes the
-connection-tracker line (host, client, duration, bytes each way) at debug level.
+access-log line (host, client, last status, duration, bytes each way): at info level
+with --access-log, else at debug level.
 ``KeepaliveTuner`` gives the connections that outlive a second their TCP keepalive.
 """
 
@@ -81,7 +82,21 @@ class Dialer(NamedTuple):
 
 
 class UpstreamConnection:
-    __slots__ = ("_keepalive", "_log", "client", "endpoint", "key", "last_used", "opened", "slot", "target")
+    __slots__ = (
+        "_keepalive",
+        "_log",
+        "access_level",
+        "client",
+        "connect_seconds",
+        "endpoint",
+        "key",
+        "last_used",
+        "opened",
+        "requests",
+        "slot",
+        "status",
+        "target",
+    )
 
     def __init__(
         self,
@@ -97,6 +112,10 @@ class UpstreamConnection:
         self.slot = slot
         self.endpoint = Endpoint(sock, "upstream")
         self.opened = self.last_used = time.monotonic()
+        self.connect_seconds = 0.0  # resolve + connect, set by ``open``
+        self.status = 0  # of the last response relayed (200 for a CONNECT), for the access log
+        self.requests = 0
+        self.access_level = logging.DEBUG
         self.client = client
         self._log = log
         self._keepalive = keepalive
@@ -120,12 +139,15 @@ class UpstreamConnection:
                 raise AccessDenied(f"destination {target.host} is in a range denied by --deny-destinations")
             allowed = None  # vetted: dial need not look again
         slot = limiter.acquire(key)
+        started = time.monotonic()
         try:
             sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed)
         except BaseException:
             slot.release()
             raise
-        return cls(target, slot, sock, client, log, dialer.keepalive)
+        connection = cls(target, slot, sock, client, log, dialer.keepalive)
+        connection.connect_seconds = connection.opened - started
+        return connection
 
     def serves(self, target: Target) -> bool:
         """True if this connection can carry the next request to ``target``."""
@@ -164,13 +186,26 @@ class UpstreamConnection:
             self.endpoint.sock.close()
         finally:
             self.slot.release()
-        if self._log.isEnabledFor(logging.DEBUG):
+        if self._log.isEnabledFor(self.access_level):
             endpoint = self.endpoint
-            self._log.debug(
-                "upstream close host=%s client=%s duration=%.3fs sent=%d received=%d",
+            duration_ms = round((time.monotonic() - self.opened) * 1000, 1)
+            self._log.log(
+                self.access_level,
+                "upstream close host=%s client=%s status=%s requests=%d duration=%.1fms sent=%d received=%d",
                 self.key,
                 self.client,
-                time.monotonic() - self.opened,
+                self.status or "-",
+                self.requests,
+                duration_ms,
                 endpoint.bytes_out,
                 endpoint.bytes_in,
+                extra={
+                    "host": self.key,
+                    "client": self.client,
+                    "status": self.status or None,
+                    "requests": self.requests,
+                    "duration_ms": duration_ms,
+                    "bytes_out": endpoint.bytes_out,
+                    "bytes_in": endpoint.bytes_in,
+                },
             )

@@ -37,7 +37,7 @@ from gevent import ssl as gssl
 from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
-from ..errors import RedisUnavailable
+from ..errors import RedisTimeout, RedisUnavailable
 from ..net.endpoint import send_all
 from .address import RedisAddress
 from .protocol import ProtocolError, ReplyError, new_reader, pack
@@ -86,7 +86,7 @@ def query(address: RedisAddress, timeout: float, *commands: Sequence[object]) ->
     For the questions asked outside the ordered channel: a sentinel's view of the master,
     a cluster's slot map. The whole exchange is bounded by ``timeout``.
     """
-    with gevent.Timeout(timeout, RedisUnavailable(f"no answer from {address} within {timeout:g}s")):
+    with gevent.Timeout(timeout, RedisTimeout(f"no answer from {address} within {timeout:g}s")):
         try:
             sock = open_socket(address, timeout)
         except OSError as exc:
@@ -166,9 +166,9 @@ class RedisChannel:
         self.server_id = ""
         self.kill_refused = False  # CLIENT KILL not allowed (ACL): late bytes of a dead connection may land
         self._conn: _Connection | None = None
-        self._connecting: AsyncResult | None = None
+        self._attempt: AsyncResult | None = None
         self._previous_client_id = 0
-        self._connections = 0
+        self._connects = 0
         self._pending: deque[tuple[AsyncResult, OnReply | None]] = deque()
         self._send = Semaphore()
         self._drained = gevent.event.Event()  # set while no reply is outstanding
@@ -222,7 +222,7 @@ class RedisChannel:
         try:
             if not self._drained.wait(max(0.0, deadline - time.monotonic())):
                 self._give_up()
-                raise RedisUnavailable(f"no reply from Redis within {self.timeout:g}s")
+                raise RedisTimeout(f"no reply from Redis within {self.timeout:g}s")
             return [self._send_locked(build) for build in builds]
         finally:
             self._send.release()
@@ -239,7 +239,7 @@ class RedisChannel:
         except gevent.Timeout:
             # A late reply would be matched to the wrong caller: the connection is done.
             self._give_up()
-            raise RedisUnavailable(f"no reply from Redis within {self.timeout:g}s") from None
+            raise RedisTimeout(f"no reply from Redis within {self.timeout:g}s") from None
 
     def close(self) -> None:
         conn = self._conn
@@ -249,7 +249,7 @@ class RedisChannel:
     # connecting ------------------------------------------------------------------------
     def _lock(self, deadline: float) -> None:
         if not self._send.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise RedisUnavailable(f"Redis busy past the {self.timeout:g}s timeout (a reply is overdue)")
+            raise RedisTimeout(f"Redis busy past the {self.timeout:g}s timeout (a reply is overdue)")
         if self._conn is None:  # lost while we waited for the lock
             self._send.release()
             raise RedisUnavailable("Redis connection lost")
@@ -258,16 +258,16 @@ class RedisChannel:
         """Connect if needed: one attempt at a time, shared by every caller that waits for it."""
         if self._conn is not None:
             return
-        attempt = self._connecting
+        attempt = self._attempt
         if attempt is None:
-            attempt = self._connecting = AsyncResult()
-            gevent.spawn(self._connect_attempt, attempt)
+            attempt = self._attempt = AsyncResult()
+            gevent.spawn(self._run_attempt, attempt)
         try:
             attempt.get(timeout=max(0.0, deadline - time.monotonic()))
         except gevent.Timeout:
-            raise RedisUnavailable(f"cannot connect to Redis within {self.timeout:g}s") from None
+            raise RedisTimeout(f"cannot connect to Redis within {self.timeout:g}s") from None
 
-    def _connect_attempt(self, attempt: AsyncResult) -> None:
+    def _run_attempt(self, attempt: AsyncResult) -> None:
         try:
             self._open_connection()
         except RedisUnavailable as exc:
@@ -275,7 +275,7 @@ class RedisChannel:
         else:
             attempt.set(True)
         finally:
-            self._connecting = None
+            self._attempt = None
 
     def _open_connection(self) -> None:
         timer = gevent.Timeout(self.timeout)
@@ -294,12 +294,13 @@ class RedisChannel:
                 sock.close()
             where = f" at {address}" if address is not None else ""
             reason = f"timed out after {self.timeout:g}s" if isinstance(exc, gevent.Timeout) else exc
-            raise RedisUnavailable(f"cannot connect to Redis{where}: {reason}") from None
+            error = RedisTimeout if isinstance(exc, gevent.Timeout) else RedisUnavailable
+            raise error(f"cannot connect to Redis{where}: {reason}") from None
         finally:
             timer.close()
         sock.settimeout(None)  # the channel enforces each call's deadline itself
-        self._connections += 1
-        connected = Connected(address, server_id, first=self._connections == 1)
+        self._connects += 1
+        connected = Connected(address, server_id, first=self._connects == 1)
         self.server_id = server_id
         self._previous_client_id = conn.client_id
         self._conn = conn
@@ -363,7 +364,7 @@ class RedisChannel:
     def _give_up(self) -> None:
         conn = self._conn
         if conn is not None:
-            self._broken(conn, RedisUnavailable(f"no reply within {self.timeout:g}s"))
+            self._broken(conn, RedisTimeout(f"no reply within {self.timeout:g}s"))
 
     def _write_commands(self, conn: _Connection) -> None:
         sock = conn.sock

@@ -50,6 +50,7 @@ import gevent.event
 from ..errors import LimiterUnavailable, LimitExceeded, RedisUnavailable
 from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot, count_down
+from ..stats import ProxyStats
 from .address import RedisDeployment
 from .channel import Build, Connected, OnReply
 from .leases import LeaseBook
@@ -67,6 +68,13 @@ class KeyUnavailable(RedisUnavailable):
     """One host's keys cannot be reached now, though their node answers: split between two
     Cluster nodes by a resharding in progress (TRYAGAIN past the Redis timeout), or
     redirected where this worker cannot follow. That host alone answers by policy."""
+
+    kind = "cluster"
+
+
+def _kind(exc: BaseException) -> str:
+    """The ``kind`` label of dprl_redis_errors_total for a failure."""
+    return getattr(exc, "kind", "reply")
 
 
 def _redirect(reply: object) -> bool:
@@ -93,8 +101,9 @@ class RedisLimiter(Limiter):
         on_lease_loss: str = "keep",
         wait_replicas: int = 0,
         worker_id: str | None = None,
+        stats: ProxyStats | None = None,
     ) -> None:
-        super().__init__(limits)
+        super().__init__(limits, stats)
         self.deployment = deployment
         self.prefix = prefix
         self.lease_ttl = lease_ttl
@@ -118,6 +127,7 @@ class RedisLimiter(Limiter):
         # node: in a Cluster a marker moves with its slot when it is resharded.
         self._epochs: dict[str, str] = {}
         self._local: dict[HostKey, int] = {}  # slots counted by this worker, held or in flight
+        self._fleet_seen: dict[HostKey, int] = {}  # fleet-wide counts in the last replies (for operators)
         self.leases = LeaseBook(lease_ttl, self._lease_margin, self._held_on)
         self._touched: set[HostKey] = set()  # keys to refresh even at count 0 (clears leftovers)
         self._refresh_now = gevent.event.Event()
@@ -187,7 +197,8 @@ class RedisLimiter(Limiter):
         finally:
             shard.probing = False
         self._mark_up(shard)
-        admitted, _total, own_before, epoch = reply
+        admitted, total, own_before, epoch = reply
+        self._fleet_seen[key] = total
         self._learn_epoch(key, epoch)
         if admitted == -1:
             self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
@@ -295,28 +306,33 @@ class RedisLimiter(Limiter):
         redirects = 0
         while True:
             if redirect is not None:
-                if redirect.code == "TRYAGAIN":
-                    if time.monotonic() + 0.02 >= deadline:
-                        raise KeyUnavailable(f"the Cluster slot of {key} is being migrated (TRYAGAIN)")
-                    gevent.sleep(0.01)
-                elif redirect.code in ("MOVED", "ASK") and redirects < MAX_REDIRECTS:
-                    redirects += 1
-                    try:
-                        shard = self.topology.redirected(redirect)
-                    except RedisUnavailable as exc:
-                        raise KeyUnavailable(f"{key}: {exc}") from None
-                    asking = redirect.code == "ASK"
-                else:
-                    raise KeyUnavailable(f"{key}: {redirect}")
+                try:
+                    if redirect.code == "TRYAGAIN":
+                        if time.monotonic() + 0.02 >= deadline:
+                            raise KeyUnavailable(f"the Cluster slot of {key} is being migrated (TRYAGAIN)")
+                        gevent.sleep(0.01)
+                    elif redirect.code in ("MOVED", "ASK") and redirects < MAX_REDIRECTS:
+                        redirects += 1
+                        try:
+                            shard = self.topology.redirected(redirect)
+                        except RedisUnavailable as exc:
+                            raise KeyUnavailable(f"{key}: {exc}") from None
+                        asking = redirect.code == "ASK"
+                    else:
+                        raise KeyUnavailable(f"{key}: {redirect}")
+                except KeyUnavailable:
+                    self.stats.redis_error("cluster")
+                    raise
+            started = time.monotonic()
             try:
                 reply = shard.runner.run(script, self.keys(key), args, before_send, on_reply, deadline, asking)
+                self.stats.redis_request(time.monotonic() - started)
                 return shard, reply
-            except ReplyError as exc:
-                if exc.code not in _REDIRECTS:
-                    self._mark_down(shard, exc)
-                    raise
-                redirect = exc
-            except RedisUnavailable as exc:
+            except _FAILURES as exc:
+                if isinstance(exc, ReplyError) and exc.code in _REDIRECTS:
+                    redirect = exc
+                    continue
+                self.stats.redis_error(_kind(exc))
                 self._mark_down(shard, exc)
                 raise
 
@@ -414,10 +430,14 @@ class RedisLimiter(Limiter):
         return [(ScriptRunner.builder(REFRESH, self.keys(key), self._refresh_args(key)), on_reply(key)) for key in keys]
 
     def _refreshed(self, shard: Shard, key: HostKey, reply: object, sent_at: float) -> None:
-        _total, epoch, changed = reply  # type: ignore[misc]
+        total, epoch, changed = reply  # type: ignore[misc]
         self._learn_epoch(key, epoch)
+        self.stats.lease_refreshed()
         if self._local.get(key):  # sent with this worker's count (> 0): its lease was renewed
             self.leases.renewed(key, sent_at)
+            self._fleet_seen[key] = total
+        else:
+            self._fleet_seen.pop(key, None)
         if changed:
             self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
 
@@ -518,6 +538,7 @@ class RedisLimiter(Limiter):
                 self._probe(shard)
         except _FAILURES as exc:
             self._touched |= set(keys)
+            self.stats.redis_error(_kind(exc))
             self._mark_down(shard, exc)
             return False
         shard.refreshed_at = sent_at
@@ -582,6 +603,29 @@ class RedisLimiter(Limiter):
 
     def process_counts(self) -> dict[HostKey, int]:
         return {key: n for key, n in self._local.items() if n}
+
+    def seen_fleet_counts(self) -> dict[HostKey, int]:
+        return dict(self._fleet_seen)
+
+    def backend_up(self) -> bool:
+        return all(shard.healthy for shard in self.topology.shards())
+
+    def probe(self) -> str:
+        """A PING to every primary: the readiness probe's question, answered within the timeout."""
+        shards = self.topology.shards()
+        down = []
+        for shard in shards:
+            try:
+                shard.channel.call("PING")
+            except _FAILURES as exc:
+                self.stats.redis_error(_kind(exc))
+                self._mark_down(shard, exc)
+                down.append(f"{shard.name}: {exc}")
+            else:
+                self._mark_up(shard)
+        if down and len(down) == len(shards) and self.on_error == "reject":
+            return f"Redis unavailable ({'; '.join(down)}) and on-redis-error=reject"
+        return ""
 
     def _in_hub(self, call: Callable[[Topology], object]) -> object:
         """Run ``call`` on this worker's connections, in its hub, whatever thread asks.

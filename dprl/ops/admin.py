@@ -1,0 +1,120 @@
+"""The admin listener: /metrics, /healthz, /readyz, /hosts, on a port of its own.
+
+Served by gevent's WSGI server in the proxy's hub, never through the proxy port. A
+request copies what it shows in the hub (``snapshot.take``) and renders it in gevent's
+thread pool, so the proxy's loop is not stalled by a scrape of many hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from urllib.parse import unquote
+
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIServer
+
+from ..errors import ListenError
+from ..limits.hosts import normalize_host_spec
+from ..proxy.server import ProxyServer
+from . import snapshot
+from .exposition import host_row, host_rows, render_metrics
+
+StartResponse = Callable[..., object]
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+
+
+class _ErrorLog:
+    """pywsgi writes its errors to a file-like object: send them to our logger instead."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            self.log.debug("admin: %s", text.rstrip())
+
+    def flush(self) -> None:
+        pass
+
+
+class AdminServer:
+    def __init__(self, proxy: ProxyServer, bind: str, port: int, log: logging.Logger) -> None:
+        self.proxy = proxy
+        self.log = log
+        self.address = (bind, port)
+        self.wsgi = WSGIServer(self.address, self.app, log=None, error_log=_ErrorLog(log), spawn=Pool(100))
+
+    @property
+    def port(self) -> int:
+        return self.wsgi.server_port
+
+    def start(self) -> None:
+        try:
+            self.wsgi.start()
+        except OSError as exc:
+            bind, port = self.address
+            raise ListenError(exc.errno, f"cannot listen on admin {bind}:{port}: {exc.strerror or exc}") from None
+
+    def stop(self) -> None:
+        self.wsgi.stop(timeout=1)
+
+    # the application -----------------------------------------------------------------------
+    def app(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        if method not in ("GET", "HEAD"):
+            return _reply(start_response, 405, b"only GET and HEAD\n", _TEXT, [("Allow", "GET, HEAD")])
+        if path == "/metrics":
+            body, content_type = self._render(lambda shot: render_metrics(shot, environ.get("HTTP_ACCEPT")))
+            return _reply(start_response, 200, body, content_type)
+        if path == "/healthz":
+            return _reply(start_response, 200, b"ok\n", _TEXT)
+        if path == "/readyz":
+            reason = "shutting down" if self.proxy.stopping else self.proxy.limiter.probe()
+            if reason:
+                return _reply(start_response, 503, f"not ready: {reason}\n".encode(), _TEXT)
+            return _reply(start_response, 200, b"ready\n", _TEXT)
+        if path in ("/hosts", "/hosts/"):
+            body, _ = self._render(lambda shot: (_hosts_document(shot), _JSON))
+            return _reply(start_response, 200, body, _JSON)
+        if path.startswith("/hosts/"):
+            try:
+                key = normalize_host_spec(unquote(path[len("/hosts/") :]))
+            except ValueError as exc:
+                return _reply(start_response, 400, f"not a host: {exc}\n".encode(), _TEXT)
+            body, _ = self._render(lambda shot: (_json(host_row(shot, key)), _JSON))
+            return _reply(start_response, 200, body, _JSON)
+        return _reply(start_response, 404, b"not found: try /metrics, /healthz, /readyz or /hosts\n", _TEXT)
+
+    def _render(self, render: Callable[[snapshot.Snapshot], tuple[bytes, str]]) -> tuple[bytes, str]:
+        """Copy in the hub, render in a pool thread (the hub serves the proxy meanwhile)."""
+        shot = snapshot.take(self.proxy.limiter, len(self.proxy.sessions))
+        return gevent.get_hub().threadpool.apply(render, (shot,))
+
+
+def _hosts_document(shot: snapshot.Snapshot) -> bytes:
+    """/hosts as JSON, encoded a row at a time: one json.dumps of 20,000 rows would hold the
+    GIL for tens of milliseconds, and the proxy's loop would wait for it."""
+    head = _json({"mode": shot.mode, "default_limit": shot.default_limit, "hosts": []})[: -len(b"]}\n")]
+    rows = ",".join(json.dumps(row, separators=(",", ":")) for row in host_rows(shot))
+    return head + rows.encode() + b"]}\n"
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def _reply(
+    start_response: StartResponse,
+    status: int,
+    body: bytes,
+    content_type: str,
+    extra: list[tuple[str, str]] | None = None,
+) -> list[bytes]:
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+    start_response(f"{status} {reason[status]}", headers + (extra or []))
+    return [body]

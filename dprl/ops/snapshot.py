@@ -1,0 +1,75 @@
+"""One consistent copy of what operators see, taken in the proxy's hub in a few milliseconds.
+
+Everything after the copy (choosing host series, the Prometheus exposition, the JSON of
+/hosts) works on the snapshot alone, so it can run in another thread while the hub goes
+on serving: a scrape of 20,000 hosts never stalls the proxy for long.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import Metric
+
+from ..limits.hosts import HostKey
+from ..limits.limiter import Limiter
+from ..stats import HostCounters
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    mode: str  # local or redis
+    default_limit: int
+    limits: dict[HostKey, int]  # per-host overrides
+    open: dict[HostKey, int]  # upstream connections of this process, per host
+    fleet: dict[HostKey, int] | None  # fleet-wide counts as last seen (distributed mode)
+    counters: dict[HostKey, HostCounters]  # per-host counters (at most --metrics-max-hosts)
+    other: HostCounters  # the counters of every folded host
+    folded: int
+    clients: int
+    tunnel_bytes: tuple[int, int]
+    backend_up: bool | None
+    redis_errors: dict[str, int]
+    lease_refreshes: int
+    histograms: list[Metric]  # collected in the hub: their locks stay in one thread
+    max_hosts: int
+    taken: float  # time.monotonic() when taken (refusals in the last minute count from it)
+
+    def limit_for(self, key: HostKey) -> int:
+        return self.limits.get(key, self.default_limit)
+
+    def refused_recently(self, key: HostKey) -> int:
+        counters = self.counters.get(key)
+        return counters.refused_recently(self.taken) if counters is not None else 0
+
+    def listed_hosts(self) -> set[HostKey]:
+        """Every host with a limit of its own or an open connection (here or, as last seen, fleet-wide)."""
+        return set(self.limits) | set(self.open) | set(self.fleet or ())
+
+
+def take(limiter: Limiter, clients: int) -> Snapshot:
+    """Copy the counts; call it in the hub that serves the proxy."""
+    stats = limiter.stats
+    counters = {key: c.copy() for table in (stats.pinned_hosts, stats.hosts) for key, c in table.items()}
+    histograms = [*stats.dial_seconds.collect()]
+    if limiter.backend_up() is not None:
+        histograms += stats.redis_seconds.collect()
+    return Snapshot(
+        mode=limiter.mode,
+        default_limit=limiter.limits.default,
+        limits=limiter.limits.overrides(),
+        open=limiter.process_counts(),
+        fleet=limiter.seen_fleet_counts(),
+        counters=counters,
+        other=stats.other.copy(),
+        folded=stats.folded,
+        clients=clients,
+        tunnel_bytes=(stats.tunnel_bytes[0], stats.tunnel_bytes[1]),
+        backend_up=limiter.backend_up(),
+        redis_errors=dict(stats.redis_errors),
+        lease_refreshes=stats.lease_refreshes,
+        histograms=histograms,
+        max_hosts=stats.max_hosts,
+        taken=time.monotonic(),
+    )

@@ -1,0 +1,136 @@
+"""``dprl status``: the table of hosts for people, from a running proxy or straight from Redis.
+
+``dprl status --admin URL`` reads a proxy's /hosts; ``dprl status --redis-url URL`` needs
+no running proxy: it scans the fleet's keys and counts live leases with the same script
+the proxies use (read-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from ..errors import RedisUnavailable
+from ..redis.address import RedisDeployment
+from ..redis.protocol import ReplyError
+from ..redis.scripts import COUNT
+from ..redis.topology import make_topology
+
+_COUNTS_KEY = re.compile(r"^(?P<prefix>.*):\{(?P<host>.*)\}:counts$")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    admin_port = os.environ.get("DPRL_ADMIN_PORT", "")
+    parser = argparse.ArgumentParser(
+        prog="dprl status",
+        description="Every host with a limit or an open connection: open, limit, use; busiest first.",
+    )
+    parser.add_argument(
+        "--admin",
+        metavar="URL",
+        default=f"http://127.0.0.1:{admin_port}" if admin_port not in ("", "0") else "",
+        help="a proxy's admin listener (default: http://127.0.0.1:$DPRL_ADMIN_PORT)",
+    )
+    parser.add_argument(
+        "--redis-url", metavar="URL", default=os.environ.get("REDIS_URL", ""), help="read the fleet's counts from Redis"
+    )
+    parser.add_argument(
+        "--redis-prefix", default=os.environ.get("DPRL_REDIS_PREFIX", "proxy_rate_limiter"), help="key prefix"
+    )
+    parser.add_argument("--redis-timeout", type=float, default=2.0, help="seconds for each Redis call")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.admin and not args.redis_url:
+            rows = from_admin(args.admin, args.redis_timeout)
+        elif args.redis_url:
+            rows = from_redis(args.redis_url, args.redis_prefix, args.redis_timeout)
+        else:
+            parser.error("give --admin URL (a running proxy) or --redis-url URL (the fleet's counts)")
+    except (OSError, ValueError, RedisUnavailable, ReplyError) as exc:
+        sys.stderr.write(f"dprl status: error: {exc}\n")
+        return 2
+    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else table(rows))
+    return 0
+
+
+def from_admin(url: str, timeout: float) -> list[dict]:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/hosts", timeout=timeout) as response:
+            document = json.load(response)
+    except urllib.error.URLError as exc:
+        raise OSError(f"cannot read {url}/hosts: {exc.reason}") from None
+    return document["hosts"]
+
+
+def from_redis(url: str, prefix: str, timeout: float) -> list[dict]:
+    """Every host with keys under ``prefix``, with its count of live leases."""
+    deployment = RedisDeployment.from_url(url)
+    topology = make_topology(deployment, prefix, timeout, "dprl-status", lambda shard: None)
+    try:
+        if topology.kind == "cluster":
+            topology.refresh()  # type: ignore[attr-defined]
+        pattern = _glob_escape(prefix) + ":{*}:counts"
+        rows = []
+        for shard in topology.shards():
+            cursor = b"0"
+            while True:
+                cursor, keys = shard.channel.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)  # type: ignore[misc]
+                for name in keys:
+                    match = _COUNTS_KEY.match(name.decode())
+                    if match is None or match["prefix"] != prefix:
+                        continue
+                    host = match["host"]
+                    leases = f"{prefix}:{{{host}}}:leases"
+                    total = shard.runner.run(COUNT, (name.decode(), leases), ())
+                    if total:
+                        rows.append({"host": host, "fleet_open": int(total)})  # type: ignore[call-overload]
+                if cursor in (b"0", 0):
+                    break
+    finally:
+        topology.close()
+    rows.sort(key=lambda r: (-r["fleet_open"], r["host"]))
+    return rows
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def table(rows: list[dict]) -> str:
+    """Aligned columns for people; ``use`` is the share of the limit taken (fleet-wide if known)."""
+    if not rows:
+        return "no host has a limit of its own or an open connection\n"
+    fleet = any("fleet_open" in r for r in rows)
+    here = any("open" in r for r in rows)
+    header = ["HOST"] + (["OPEN"] if here else []) + (["FLEET"] if fleet else [])
+    header += ["LIMIT", "USE", "REFUSED/MIN"] if "limit" in rows[0] else []
+    lines = [header]
+    for r in sorted(rows, key=lambda r: (-max(r.get("open", 0), r.get("fleet_open", 0)), r["host"])):
+        line = (
+            [r["host"]] + ([str(r.get("open", 0))] if here else []) + ([str(r.get("fleet_open", 0))] if fleet else [])
+        )
+        if "limit" in r:
+            used = r.get("fleet_open", r.get("open", 0))
+            limit = r["limit"]
+            line += [str(limit) if limit else "none", f"{100 * used / limit:.0f}%" if limit else "-"]
+            line.append(str(r.get("refused_last_minute", 0)))
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for line in lines:
+        pairs = enumerate(zip(line, widths, strict=True))
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in pairs]
+        out.append("  ".join(cells).rstrip() + "\n")
+    return "".join(out)
