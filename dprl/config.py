@@ -345,6 +345,19 @@ class Config:
         env="DPRL_RETRY_AFTER",
         check=_at_least(0, "0 (no header) or more"),
     )
+    queue_timeout: float = option(
+        0.0,
+        "seconds a connection over the cap waits for a slot, first come first served (0 = refuse at once)",
+        env="DPRL_QUEUE_TIMEOUT",
+        check=_at_least(0, "0 (no waiting) or more"),
+        readme_default="0 (refuse at once)",
+    )
+    max_queue: int = option(
+        1000,
+        "connections that may wait per host in this process; more are refused at once",
+        env="DPRL_MAX_QUEUE",
+        check=_at_least(1),
+    )
     # operations -----------------------------------------------------------------------------
     admin_port: int = option(
         0,

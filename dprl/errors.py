@@ -48,6 +48,8 @@ class ConnectionLost(Exception):
 class LimitExceeded(Exception):
     """The host key is at its cap: the connection is refused (HTTP 500 by default)."""
 
+    reason = "limit"  # the ``reason`` label of dprl_refusals_total
+
     def __init__(self, key: str, limit: int) -> None:
         super().__init__(f"connection limit reached for {key} (limit {limit})")
         self.key = key
@@ -57,6 +59,29 @@ class LimitExceeded(Exception):
     def host(self) -> str:
         """The host key (its name in dprl 0.1, kept for code that reads it)."""
         return self.key
+
+
+class QueueTimeout(LimitExceeded):
+    """Waited --queue-timeout for a slot and none came: the refusal at the cap, given late."""
+
+    reason = "queue_timeout"
+
+    def __init__(self, key: str, limit: int, detail: str) -> None:
+        super().__init__(key, limit)
+        self.detail = detail
+
+
+class QueueFull(QueueTimeout):
+    """--max-queue connections already wait for this host in this process: refused at once."""
+
+    reason = "queue_full"
+
+
+class ShuttingDown(ProxyError):
+    """The proxy stops: a connection still waiting for a slot gets 503 at once."""
+
+    status = 503
+    reason = "shutdown"
 
 
 class LimiterUnavailable(Exception):

@@ -85,6 +85,8 @@ class ProxyRateLimiter:
         self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits)
         self.limiter = make_limiter(self.config, self.limits, self.log)
+        self.limiter.waiting.policy.timeout = self.config.queue_timeout
+        self.limiter.waiting.policy.max_queue = self.config.max_queue
         self._server: ProxyServer | None = None
         self._admin: AdminServer | None = None
         self._thread: threading.Thread | None = None
@@ -114,6 +116,16 @@ class ProxyRateLimiter:
     def active_connections_for_host(self, host: str) -> int:
         """Open connections to ``host`` fleet-wide (this process alone in local mode)."""
         return self.limiter.fleet_count(normalize_host_spec(host))
+
+    def set_queue_timeout(self, seconds: float) -> None:
+        """Seconds a connection over the cap waits for a slot from now on (0 = refuse at once)."""
+        if seconds < 0:
+            raise ValueError(f"queue timeout must be 0 or more, got {seconds}")
+        self.limiter.waiting.policy.timeout = float(seconds)
+
+    def queued_for_host(self, host: str) -> int:
+        """Connections of this process waiting for a slot to ``host`` now."""
+        return self.limiter.waiting_counts().get(normalize_host_spec(host), 0)
 
     def status(self) -> dict[str, object]:
         """A snapshot for operators (logged on SIGUSR1): clients and slots held by this process."""

@@ -30,6 +30,9 @@ REFUSAL_REASONS = (
     "bad_request",
     "upstream_error",
     "timeout",
+    "queue_timeout",
+    "queue_full",
+    "shutdown",
     "internal",
 )
 REDIS_ERROR_KINDS = ("timeout", "connection", "reply", "cluster")
@@ -38,6 +41,7 @@ _STEP = 10  # ... counted in buckets of this many seconds
 _BUCKETS = WINDOW // _STEP
 
 DIAL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -102,6 +106,12 @@ class ProxyStats:
             buckets=DIAL_BUCKETS,
             registry=self.registry,
         )
+        self.queue_seconds = Histogram(
+            "dprl_queue_wait_seconds",
+            "Time connections over the cap waited for a slot (admitted or not).",
+            buckets=QUEUE_BUCKETS,
+            registry=self.registry,
+        )
         self.redis_seconds = Histogram(
             "dprl_redis_request_seconds",
             "Round trip of each admission and release script call to Redis.",
@@ -126,6 +136,9 @@ class ProxyStats:
 
     def redis_error(self, kind: str) -> None:
         self.redis_errors[kind] = self.redis_errors.get(kind, 0) + 1
+
+    def queue_waited(self, seconds: float) -> None:
+        self.queue_seconds.observe(seconds)
 
     def lease_refreshed(self) -> None:
         self.lease_refreshes += 1

@@ -277,12 +277,14 @@ def test_the_readmes_least_privilege_acl_user_is_enough(can_kill, upstream):
     server = RedisServer()
     admin = server.client()
     try:
-        rules = [r.replace("~proxy_rate_limiter:*", "~dprl_acl:*") for r in _readme_acl()]
+        rules = [r.replace("proxy_rate_limiter:", "dprl_acl:") for r in _readme_acl()]
         if not can_kill:
             rules.remove("+client|kill")
         admin.execute_command("ACL", "SETUSER", *rules)
         url = f"redis://dprl:secret@127.0.0.1:{server.port}/0"
-        worker = ProxyProcess("--redis-url", url, "--redis-prefix", "dprl_acl", "--max-connections", "2")
+        worker = ProxyProcess(
+            "--redis-url", url, "--redis-prefix", "dprl_acl", "--max-connections", "2", "--queue-timeout", "10"
+        )
         try:
             target = f"127.0.0.1:{upstream.port}"
             sock, status = _connect_status(worker.port, target)
@@ -296,6 +298,15 @@ def test_the_readmes_least_privilege_acl_user_is_enough(can_kill, upstream):
                 return status == 200
 
             wait_for(admitted, timeout=10, what="admitted again")
+            # waiting in the fleet's queue: the wake-up channel (SUBSCRIBE, PUBLISH) is allowed too
+            held = [_connect_status(worker.port, target)[0] for _ in range(2)]
+            waiting = socket.create_connection(("127.0.0.1", worker.port), timeout=10)
+            waiting.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            wait_for(lambda: admin.zcard(f"dprl_acl:{{{target}}}:queue") == 1, what="a waiter in the queue")
+            held[0].close()
+            assert waiting.recv(100).startswith(b"HTTP/1.1 200")
+            for sock in (held[1], waiting):
+                sock.close()
             refused = worker.matching("refused CLIENT KILL")
             assert bool(refused) is not can_kill, worker.lines
             assert not worker.matching("NOPERM|Traceback"), worker.lines

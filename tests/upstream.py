@@ -275,14 +275,18 @@ class HoldingServer(RawOrigin):
         self.active = 0
         self.max_active = 0
         self.events: list[tuple[float, int]] = []  # (monotonic time, open connections after)
+        self.first_bytes: dict[int, bytes] = {}  # accept order -> the first bytes it received
         self._lock = threading.Lock()
         super().__init__()
 
     def serve(self, conn: socket.socket, index: int) -> None:
         self._change(+1)
         try:
-            while conn.recv(65536):
-                pass
+            data = conn.recv(65536)
+            if data:
+                self.first_bytes[index] = data
+            while data:
+                data = conn.recv(65536)
         finally:
             self._change(-1)
 

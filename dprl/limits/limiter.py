@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from ..stats import ProxyStats
 from .hosts import HostKey, HostLimits
+from .waiting import QueuePolicy, WaitingRoom, Watch
 
 
 class Slot:
@@ -67,13 +68,26 @@ class Limiter(ABC):
         self.limits = limits
         # what operators see of this process (dprl.ops reads it; the proxy and this limiter write it)
         self.stats = stats if stats is not None else ProxyStats(pinned=limits.has_override)
+        self.waiting = WaitingRoom(QueuePolicy())  # connections over the cap waiting for a slot
         # Set by the server: end the upstream connections of these host keys whose slots are
         # shared, and return how many (a worker whose lease lapsed, --on-lease-loss close).
         self.fence: Callable[[set[HostKey]], int] | None = None
 
     @abstractmethod
-    def acquire(self, key: HostKey) -> Slot:
-        """Take a slot for ``key`` or raise LimitExceeded / LimiterUnavailable."""
+    def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
+        """Take a slot for ``key`` or raise LimitExceeded / LimiterUnavailable.
+
+        Over the cap, with a --queue-timeout, the caller waits for a slot in arrival order
+        (QueueTimeout, QueueFull, ShuttingDown; ConnectionLost if ``watch`` says the client
+        left)."""
+
+    def waiting_counts(self) -> dict[HostKey, int]:
+        """Connections waiting for a slot in this process, per host key."""
+        return self.waiting.counts()
+
+    def cancel_waiters(self) -> None:
+        """Shutdown: every waiting connection is answered at once."""
+        self.waiting.cancel_all()
 
     @abstractmethod
     def fleet_count(self, key: HostKey) -> int:

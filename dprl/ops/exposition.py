@@ -30,7 +30,8 @@ def shown_hosts(snapshot: Snapshot) -> list[HostKey]:
         return max(snapshot.open.get(key, 0), fleet.get(key, 0))
 
     configured = sorted(snapshot.limits, key=use, reverse=True)
-    busy = sorted((k for k in set(snapshot.open) | set(fleet) if k not in snapshot.limits), key=use, reverse=True)
+    active = set(snapshot.open) | set(snapshot.waiting) | set(fleet)
+    busy = sorted((k for k in active if k not in snapshot.limits), key=use, reverse=True)
     seen = set(configured) | set(busy)
     recent = [k for k in reversed(snapshot.counters) if k not in seen and k != NO_HOST]  # most recent first
     return (configured + busy + recent)[: snapshot.max_hosts]
@@ -64,9 +65,14 @@ class SnapshotCollector:
         gauge = GaugeMetricFamily(
             "dprl_upstream_connections", "Upstream connections open now, this process.", labels=["host"]
         )
-        open_here = {key: s.open.get(key, 0) for key in shown_list}
-        open_here.update((k, n) for k, n in s.open.items() if k not in shown)
-        for key, n in _by_host(open_here, shown):
+        for key, n in _by_host(_shown_first(s.open, shown_list), shown):
+            gauge.add_metric([key], n)
+        yield gauge
+
+        gauge = GaugeMetricFamily(
+            "dprl_queue_waiting", "Connections waiting for a slot now, this process.", labels=["host"]
+        )
+        for key, n in _by_host(_shown_first(s.waiting, shown_list), shown):
             gauge.add_metric([key], n)
         yield gauge
 
@@ -131,6 +137,13 @@ class SnapshotCollector:
         yield from _PROCESS.collect()
 
 
+def _shown_first(values: dict[HostKey, int], shown_list: list[HostKey]) -> dict[HostKey, int]:
+    """Every shown host (0 if it has none), then the others (to be summed under _other)."""
+    out = {key: values.get(key, 0) for key in shown_list}
+    out.update((k, n) for k, n in values.items() if k not in out)
+    return out
+
+
 def render_metrics(snapshot: Snapshot, accept: str | None) -> tuple[bytes, str]:
     """The exposition (text, or OpenMetrics if ``accept`` asks for it) and its content type."""
     encoder, content_type = choose_encoder(accept or "")
@@ -144,6 +157,7 @@ def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
         "host": key,
         "limit": limit,
         "open": snapshot.open.get(key, 0),
+        "waiting": snapshot.waiting.get(key, 0),
         "refused_last_minute": snapshot.refused_recently(key),
     }
     if snapshot.fleet is not None:

@@ -23,6 +23,7 @@ class Snapshot:
     default_limit: int
     limits: dict[HostKey, int]  # per-host overrides
     open: dict[HostKey, int]  # upstream connections of this process, per host
+    waiting: dict[HostKey, int]  # connections of this process waiting for a slot, per host
     fleet: dict[HostKey, int] | None  # fleet-wide counts as last seen (distributed mode)
     counters: dict[HostKey, HostCounters]  # per-host counters (at most --metrics-max-hosts)
     other: HostCounters  # the counters of every folded host
@@ -45,14 +46,14 @@ class Snapshot:
 
     def listed_hosts(self) -> set[HostKey]:
         """Every host with a limit of its own or an open connection (here or, as last seen, fleet-wide)."""
-        return set(self.limits) | set(self.open) | set(self.fleet or ())
+        return set(self.limits) | set(self.open) | set(self.waiting) | set(self.fleet or ())
 
 
 def take(limiter: Limiter, clients: int) -> Snapshot:
     """Copy the counts; call it in the hub that serves the proxy."""
     stats = limiter.stats
     counters = {key: c.copy() for table in (stats.pinned_hosts, stats.hosts) for key, c in table.items()}
-    histograms = [*stats.dial_seconds.collect()]
+    histograms = [*stats.dial_seconds.collect(), *stats.queue_seconds.collect()]
     if limiter.backend_up() is not None:
         histograms += stats.redis_seconds.collect()
     return Snapshot(
@@ -60,6 +61,7 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
         default_limit=limiter.limits.default,
         limits=limiter.limits.overrides(),
         open=limiter.process_counts(),
+        waiting=limiter.waiting_counts(),
         fleet=limiter.seen_fleet_counts(),
         counters=counters,
         other=stats.other.copy(),

@@ -114,13 +114,13 @@ def table(rows: list[dict]) -> str:
         return "no host has a limit of its own or an open connection\n"
     fleet = any("fleet_open" in r for r in rows)
     here = any("open" in r for r in rows)
-    header = ["HOST"] + (["OPEN"] if here else []) + (["FLEET"] if fleet else [])
+    waits = any(r.get("waiting") for r in rows)
+    header = ["HOST"] + (["OPEN"] if here else []) + (["WAITING"] if waits else []) + (["FLEET"] if fleet else [])
     header += ["LIMIT", "USE", "REFUSED/MIN"] if "limit" in rows[0] else []
     lines = [header]
     for r in sorted(rows, key=lambda r: (-max(r.get("open", 0), r.get("fleet_open", 0)), r["host"])):
-        line = (
-            [r["host"]] + ([str(r.get("open", 0))] if here else []) + ([str(r.get("fleet_open", 0))] if fleet else [])
-        )
+        line = [r["host"]] + ([str(r.get("open", 0))] if here else [])
+        line += ([str(r.get("waiting", 0))] if waits else []) + ([str(r.get("fleet_open", 0))] if fleet else [])
         if "limit" in r:
             used = r.get("fleet_open", r.get("open", 0))
             limit = r["limit"]

@@ -162,6 +162,7 @@ class ProxyServer(StreamServer):
         self.log.info(
             "stopped accepting; %d client connection(s) open, closing in at most %gs", len(self.sessions), timeout
         )
+        self.limiter.cancel_waiters()  # connections waiting for a slot: 503 at once
         for session in list(self.sessions):
             if session.idle:
                 session.greenlet.kill(block=False)

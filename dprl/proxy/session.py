@@ -13,12 +13,14 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gevent
+import gevent.event
 
 from ..config import Config
-from ..errors import AccessDenied, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError
+from ..errors import AccessDenied, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError, QueueTimeout
 from ..http import rewrite
 from ..http.errors import ProtocolError
 from ..http.framing import BodyFraming, request_framing
@@ -154,7 +156,7 @@ class ClientSession:
             if self.client.bytes_out != mark:  # part of an answer is out: only a close is left
                 return False
             keep = self._keep_after_refusal(request, has_body) and not isinstance(exc, ProtocolError)
-            return self._answer(exc.status, str(exc), keep, unread_body=has_body)
+            return self._answer(exc.status, str(exc), keep, unread_body=has_body, reason=getattr(exc, "reason", None))
         except ConnectionLost:
             raise
         except Exception:
@@ -259,11 +261,44 @@ class ClientSession:
     # upstream ------------------------------------------------------------------------------
     def _open_upstream(self, target: Target, key: str) -> UpstreamConnection:
         context = self.context
-        upstream = UpstreamConnection.open(context.limiter, context.dialer, target, key, self.address, context.log)
+        watch = self._watch_client if context.limiter.waiting.policy.timeout else None
+        upstream = UpstreamConnection.open(
+            context.limiter, context.dialer, target, key, self.address, context.log, watch
+        )
         if context.settings.access_log:
             upstream.access_level = logging.INFO
         context.stats.opened(key, upstream.connect_seconds)
         return upstream
+
+    @contextlib.contextmanager
+    def _watch_client(self) -> Iterator[gevent.event.Event]:
+        """While this connection waits for a slot: an event set if the client leaves.
+
+        Readable means closed (or reset), or bytes sent ahead (a pipelined request, a body):
+        a peek tells which; after bytes nothing more can be told, and the watch stops."""
+        left = gevent.event.Event()
+        fd = self.client.sock.fileno()
+        watcher = gevent.get_hub().loop.io(fd, 1)
+
+        def readable() -> None:
+            peek = socket.socket(fileno=fd)  # the same descriptor, for one non-blocking peek
+            try:
+                if not peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    left.set()
+            except BlockingIOError:
+                return
+            except OSError:
+                left.set()
+            finally:
+                peek.detach()
+            watcher.stop()
+
+        watcher.start(readable)
+        try:
+            yield left
+        finally:
+            watcher.stop()
+            watcher.close()
 
     def close_upstream(self) -> None:
         up, self.upstream = self.upstream, None
@@ -275,9 +310,10 @@ class ClientSession:
         """At the cap: --reject-status, with Retry-After when --retry-after asks for it."""
         context, settings = self.context, self.context.settings
         if isinstance(exc, LimitExceeded):
-            context.refusals.record(f"to {exc.key}: limit {exc.limit} reached")
-            context.stats.refused(exc.key, "limit")
-            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections)"
+            detail = f": {exc.detail}" if isinstance(exc, QueueTimeout) else ""
+            context.refusals.record(f"to {exc.key}: limit {exc.limit} reached{detail.split(' (')[0]}")
+            context.stats.refused(exc.key, exc.reason)
+            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections){detail}"
             extra = [("Retry-After", str(settings.retry_after))] if settings.retry_after else None
             return self._send_answer(settings.reject_status, message, keep, extra, unread_body)
         context.refusals.record("while the limiter is unavailable")

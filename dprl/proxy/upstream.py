@@ -21,6 +21,7 @@ from ..errors import AccessDenied
 from ..http.target import Target
 from ..limits.hosts import HostKey
 from ..limits.limiter import Limiter, Slot
+from ..limits.waiting import Watch
 from ..net.dial import AddressCheck, Resolver, SocketOptions, dial, ip_literal
 from ..net.endpoint import Endpoint
 
@@ -126,7 +127,14 @@ class UpstreamConnection:
 
     @classmethod
     def open(
-        cls, limiter: Limiter, dialer: Dialer, target: Target, key: HostKey, client: str, log: logging.Logger
+        cls,
+        limiter: Limiter,
+        dialer: Dialer,
+        target: Target,
+        key: HostKey,
+        client: str,
+        log: logging.Logger,
+        watch: Watch | None = None,
     ) -> UpstreamConnection:
         """Take a slot for ``key``, then dial; a denied IP literal is refused before any slot.
 
@@ -138,7 +146,7 @@ class UpstreamConnection:
             if not allowed(literal):
                 raise AccessDenied(f"destination {target.host} is in a range denied by --deny-destinations")
             allowed = None  # vetted: dial need not look again
-        slot = limiter.acquire(key)
+        slot = limiter.acquire(key, watch)
         started = time.monotonic()
         try:
             sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed)

@@ -93,23 +93,23 @@ def query(address: RedisAddress, timeout: float, *commands: Sequence[object]) ->
             raise RedisUnavailable(f"cannot connect to {address}: {exc}") from None
         try:
             reader = new_reader()
-            auth = [_auth(address)] if address.password else []
+            auth = [auth_command(address)] if address.password else []
             sock.sendall(b"".join(pack(command) for command in [*auth, *commands]))
             for _ in auth:
-                if isinstance(reply := _read_one(sock, reader), ReplyError):
+                if isinstance(reply := read_reply(sock, reader), ReplyError):
                     raise RedisUnavailable(f"AUTH refused by {address}: {reply}")
-            return [_read_one(sock, reader) for _ in commands]
+            return [read_reply(sock, reader) for _ in commands]
         except OSError as exc:
             raise RedisUnavailable(f"connection to {address} lost: {exc}") from None
         finally:
             sock.close()
 
 
-def _auth(address: RedisAddress) -> tuple[object, ...]:
+def auth_command(address: RedisAddress) -> tuple[object, ...]:
     return ("AUTH", address.username, address.password) if address.username else ("AUTH", address.password)
 
 
-def _read_one(sock: gsocket.socket, reader: object) -> object:
+def read_reply(sock: gsocket.socket, reader: object) -> object:
     while (reply := reader.gets()) is False:  # type: ignore[attr-defined]
         data = sock.recv(65536)
         if not data:
@@ -317,7 +317,7 @@ class RedisChannel:
         """AUTH, SELECT, name; learn the connection's id and Redis's run_id; kill the previous connection."""
         commands: list[tuple[object, ...]] = []
         if address.password:
-            commands.append(_auth(address))
+            commands.append(auth_command(address))
         if address.db:
             commands.append(("SELECT", address.db))
         if self.client_name:
@@ -330,7 +330,7 @@ class RedisChannel:
         conn.sock.sendall(b"".join(pack(command) for command in commands))
         server_id = ""
         for command in commands:
-            reply = _read_one(conn.sock, conn.reader)
+            reply = read_reply(conn.sock, conn.reader)
             name = " ".join(str(part) for part in command[:2])
             if command[:2] == ("CLIENT", "KILL"):
                 self.kill_refused = isinstance(reply, ReplyError) and reply.code != "ERR"  # NOPERM: ACL

@@ -35,6 +35,7 @@ waits for holders before admitting (DESIGN.md section 8):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -50,18 +51,21 @@ import gevent.event
 from ..errors import LimiterUnavailable, LimitExceeded, RedisUnavailable
 from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot, count_down
+from ..limits.waiting import Waiter, Watch
 from ..stats import ProxyStats
 from .address import RedisDeployment
 from .channel import Build, Connected, OnReply
 from .leases import LeaseBook
 from .protocol import ReplyError
-from .scripts import ACQUIRE, ALL, COUNT, REFRESH, RELEASE, ScriptRunner, is_noscript
+from .scripts import ACQUIRE, ALL, COUNT, LEAVE, REFRESH, RELEASE, ScriptRunner, is_noscript
 from .topology import Shard, Topology, make_topology
+from .wakeups import WakeListener
 
 RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for this long between probes
 MAX_REDIRECTS = 5  # MOVED / ASK / TRYAGAIN followed per call (a resharding moves a slot once)
 _FAILURES = (RedisUnavailable, ReplyError)
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN")
+_QUEUED = (ACQUIRE, RELEASE)  # scripts that also see the host's queue (KEYS[4], KEYS[5])
 
 
 class KeyUnavailable(RedisUnavailable):
@@ -131,10 +135,22 @@ class RedisLimiter(Limiter):
         self.leases = LeaseBook(lease_ttl, self._lease_margin, self._held_on)
         self._touched: set[HostKey] = set()  # keys to refresh even at count 0 (clears leftovers)
         self._refresh_now = gevent.event.Event()
+        self._tickets = 0  # waiters' tickets so far ("worker|sequence": arrival order within this worker)
+        self._lost_tickets: dict[str, HostKey] = {}  # tickets Redis could not be told to drop yet
+        self._wake_prefix = f"{prefix}:wake:"
+        self._poll = min(1.0, lease_ttl / 3)  # the oldest waiter's safety poll (and waiting lease renewal)
         self._refresher: gevent.Greenlet | None = None
         self._hub: gevent.hub.Hub | None = None
         self._hub_thread = 0
         self.topology: Topology = make_topology(deployment, prefix, timeout, f"dprl:{self.worker}", self._setup_shard)
+        self._wakeups = WakeListener(
+            self.topology.wake_address,
+            self._wake_prefix + self.worker,
+            timeout,
+            self.waiting.wake_oldest,
+            self.waiting.wake_all,
+            log,
+        )
 
     @property
     def mode(self) -> str:
@@ -149,6 +165,10 @@ class RedisLimiter(Limiter):
     def keys(self, key: HostKey) -> tuple[str, str, str]:
         return f"{self.prefix}:{{{key}}}:counts", f"{self.prefix}:{{{key}}}:leases", self.topology.marker(key)
 
+    def queue_keys(self, key: HostKey) -> tuple[str, str]:
+        """The fleet's queue of ``key`` (tickets by arrival) and the waiting leases of its workers."""
+        return f"{self.prefix}:{{{key}}}:queue", f"{self.prefix}:{{{key}}}:waiting"
+
     def _epoch_args(self, key: HostKey) -> tuple[str, str]:
         """(the epoch this worker knows for key's marker, a new one should it be missing).
 
@@ -159,16 +179,71 @@ class RedisLimiter(Limiter):
         return self._epochs.get(self.topology.marker(key), ""), self._proposal
 
     # admission -------------------------------------------------------------------------
-    def acquire(self, key: HostKey) -> Slot:
+    def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
         limit = self.limits.limit_for(key)
         self._touched.add(key)
+        slot, _ = self._attempt(key, limit)
+        if slot is not None:
+            return slot
+        if not self.waiting.policy.timeout:
+            raise LimitExceeded(key, limit)
+        return self._wait(key, limit, watch)
+
+    def _wait(self, key: HostKey, limit: int, watch: Watch | None) -> Slot:
+        """Wait in the fleet's queue of ``key``: the first attempt with a ticket enqueues it
+        (arrival order by Redis's clock); then the waiter asks again when woken (a slot
+        freed for it), and this process's oldest waiter of the host also every poll
+        interval (lost wake-ups; it renews the worker's waiting lease too)."""
+        waiting = self.waiting
+        waiter = waiting.enter(key, limit)
+        self._tickets += 1
+        waiter.ticket = f"{self.worker}|{self._tickets:012d}"
+        deadline = waiter.arrived + waiting.policy.timeout
+        enqueued = False
+        slot: Slot | None = None
+        self._wakeups.ensure()
+        try:
+            with watch() if watch is not None else contextlib.nullcontext() as gone:
+                while True:
+                    slot, wake_next = self._attempt(key, limit, waiter)
+                    if slot is not None:
+                        if wake_next:
+                            waiting.wake_next(waiter)
+                        return slot
+                    enqueued = True
+                    poll = self._poll if waiting.is_oldest(waiter) else None
+                    waiting.wait(waiter, limit, deadline, gone, poll)
+        finally:
+            waiting.leave(waiter)
+            self.stats.queue_waited(time.monotonic() - waiter.arrived)
+            if slot is None and enqueued:
+                self._leave_queue(key, waiter.ticket)
+
+    def _leave_queue(self, key: HostKey, ticket: str) -> None:
+        """Give up a place in the fleet's queue (bounded by the Redis timeout). If Redis
+        cannot be told, the ticket is retried at each refresh: a ghost never blocks others."""
+        last = "1" if key not in self.waiting.hosts else "0"
+        shard = self.topology.known_shard(key)
+        if shard is None or not shard.healthy:
+            self._lost_tickets[ticket] = key
+            return
+        try:
+            shard.runner.run(LEAVE, self.queue_keys(key), (ticket, self._wake_prefix, key, last))
+            self._lost_tickets.pop(ticket, None)
+        except _FAILURES as exc:
+            self.stats.redis_error(_kind(exc))
+            self._lost_tickets[ticket] = key
+
+    def _attempt(self, key: HostKey, limit: int, waiter: Waiter | None = None) -> tuple[Slot | None, bool]:
+        """One admission: (the slot, or None when refused at the cap; whether another waiter
+        of this worker may go too). ``waiter``: ask with its ticket (enqueued if refused)."""
         try:
             shard = self.topology.shard_for(key)
         except RedisUnavailable as exc:
-            return self._fallback(key, limit, str(exc))
+            return self._fallback(key, limit, str(exc)), False
         refusal = self._refusal(shard)
         if refusal:
-            return self._fallback(key, limit, refusal)
+            return self._fallback(key, limit, refusal), False
         abandoned = False
         sent_at = 0.0
 
@@ -186,25 +261,29 @@ class RedisLimiter(Limiter):
                 gevent.spawn(self._release, key)  # the caller was killed while waiting
 
         known, new = self._epoch_args(key)
-        args = (self.worker, limit, self._lease_ms, self._key_ttl_ms, known, new)
+        ticket, last = "", "0"
+        if waiter is not None:
+            ticket, last = waiter.ticket, "1" if len(self.waiting.hosts.get(key, ())) <= 1 else "0"
+        lease, ttl, wake = self._lease_ms, self._key_ttl_ms, self._wake_prefix
+        args = (self.worker, limit, lease, ttl, known, new, ticket, wake, key, last)
         try:
             shard, reply = self._run(shard, key, ACQUIRE, args, count, on_reply)
         except _FAILURES as exc:  # the shard that failed is marked down (see _run)
-            return self._fallback(key, limit, str(exc))
+            return self._fallback(key, limit, str(exc)), False
         except BaseException:
             abandoned = True
             raise
         finally:
             shard.probing = False
         self._mark_up(shard)
-        admitted, total, own_before, epoch = reply
+        admitted, total, own_before, epoch, _ahead, wake_self = reply
         self._fleet_seen[key] = total
         self._learn_epoch(key, epoch)
         if admitted == -1:
             self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
-            return self._fallback(key, limit, "re-asserting counts after Redis lost data")
+            return self._fallback(key, limit, "re-asserting counts after Redis lost data"), False
         if not admitted:
-            raise LimitExceeded(key, limit)
+            return None, False
         if own_before < 0:  # this admission gave the worker its lease on key
             self.leases.created(shard, key, sent_at)
         else:
@@ -212,7 +291,7 @@ class RedisLimiter(Limiter):
         slot = Slot(key, self._release, shared=True)
         if self.wait_replicas:
             self._wait_for_replicas(shard, slot)
-        return slot
+        return slot, wake_self == 1
 
     def _refusal(self, shard: Shard) -> str:
         """Why admission on ``shard`` cannot ask Redis now ("" if it can)."""
@@ -281,7 +360,7 @@ class RedisLimiter(Limiter):
 
         known = self._epochs.get(self.topology.marker(key), "")
         try:
-            self._run(shard, key, RELEASE, (self.worker, known), sent, on_reply)
+            self._run(shard, key, RELEASE, (self.worker, known, self._wake_prefix, key), sent, on_reply)
         except _FAILURES:
             pass  # Redis may keep an extra count until the next refresh
         finally:
@@ -325,7 +404,8 @@ class RedisLimiter(Limiter):
                     raise
             started = time.monotonic()
             try:
-                reply = shard.runner.run(script, self.keys(key), args, before_send, on_reply, deadline, asking)
+                keys = self.keys(key) + self.queue_keys(key) if script in _QUEUED else self.keys(key)
+                reply = shard.runner.run(script, keys, args, before_send, on_reply, deadline, asking)
                 self.stats.redis_request(time.monotonic() - started)
                 return shard, reply
             except _FAILURES as exc:
@@ -354,6 +434,7 @@ class RedisLimiter(Limiter):
     # health and recovery ---------------------------------------------------------------
     def _mark_down(self, shard: Shard, exc: BaseException) -> None:
         shard.down_until = time.monotonic() + RETRY_INTERVAL
+        self.waiting.wake_all()  # waiters answer by policy now, not at their timeout
         if shard.healthy:
             shard.healthy = False
             self.log.error(
@@ -473,6 +554,8 @@ class RedisLimiter(Limiter):
         RedisChannel.send_drained), so they are exact at the point where Redis runs them.
         ``goodbye`` sends 0 everywhere: this worker's part of every count is removed.
         """
+        for ticket, key in list(self._lost_tickets.items()):
+            self._leave_queue(key, ticket)
         keys, self._touched = set(self._local) | self._touched, set()
         by_shard: dict[Shard, list[HostKey]] = {}
         for key in keys:
@@ -582,6 +665,7 @@ class RedisLimiter(Limiter):
         if self._refresher is not None:
             self._refresher.kill()
             self._refresher = None
+        self._wakeups.close()
         if not self.refresh(goodbye=True):
             self.log.warning("could not remove this worker's counts from Redis: they expire with its lease")
         self._touched.clear()

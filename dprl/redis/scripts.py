@@ -34,7 +34,8 @@ ACQUIRE = Script("acquire")
 RELEASE = Script("release")
 REFRESH = Script("refresh")
 COUNT = Script("count")
-ALL = (ACQUIRE, RELEASE, REFRESH, COUNT)
+LEAVE = Script("leave")
+ALL = (ACQUIRE, RELEASE, REFRESH, COUNT, LEAVE)
 
 
 def is_noscript(reply: object) -> bool:

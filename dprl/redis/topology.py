@@ -70,6 +70,10 @@ class Topology:
     def shards(self) -> list[Shard]:
         raise NotImplementedError
 
+    def wake_address(self, timeout: float) -> RedisAddress:
+        """Where to subscribe to this worker's wake-up channel."""
+        raise NotImplementedError
+
     def marker(self, key: str) -> str:
         """The epoch marker key the scripts for ``key`` check (see limiter.py)."""
         raise NotImplementedError
@@ -112,6 +116,9 @@ class SingleTopology(Topology):
     def shards(self) -> list[Shard]:
         return [self.shard]
 
+    def wake_address(self, timeout: float) -> RedisAddress:
+        return self.shard.channel.locate(timeout)
+
     def marker(self, key: str) -> str:
         return self._marker
 
@@ -141,6 +148,7 @@ class ClusterTopology(Topology):
         self.slots: list[str | None] = [None] * SLOTS
         self._shards: dict[str, Shard] = {}
         self._refreshed_at = 0.0
+        self._wake_turn = -1
 
     def shard_for(self, key: str) -> Shard:
         shard = self.known_shard(key)
@@ -157,6 +165,13 @@ class ClusterTopology(Topology):
 
     def shards(self) -> list[Shard]:
         return list(self._shards.values())
+
+    def wake_address(self, timeout: float) -> RedisAddress:
+        """Any node: a Cluster carries PUBLISH to every node. Each call names the next one,
+        so a listener whose node died subscribes elsewhere."""
+        candidates = [self._address(name) for name in self._shards] or self.seeds
+        self._wake_turn += 1
+        return candidates[self._wake_turn % len(candidates)]
 
     def marker(self, key: str) -> str:
         return f"{self.prefix}:{{{marker_tag(tag_slot(key))}}}:epoch"

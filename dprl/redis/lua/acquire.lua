@@ -9,7 +9,14 @@
 -- ARGV[4]  key ttl, ms (safety net: keys of a host nobody refreshes disappear)
 -- ARGV[5]  the epoch this worker knows ("" if none yet)
 -- ARGV[6]  a new epoch, used if the marker is missing
--- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch}
+-- KEYS[4]  queue zset    (ticket "worker|seq" -> arrival, microseconds of Redis time)
+-- KEYS[5]  waiting zset  (worker id -> expiry of its waiters, ms; renewed by each of its calls)
+-- ARGV[7]  this caller's ticket, or "" (it does not wait: admitted or refused at once)
+-- ARGV[8]  wake channel prefix (the channel of a worker is this prefix and its id)
+-- ARGV[9]  the host key (the message of a wake-up)
+-- ARGV[10] "1" if this ticket is its worker's last waiter for the host (its waiting entry goes)
+-- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
+--          live waiters ahead of the ticket, 1 if another waiter of this worker may go now}
 --   admitted: 1, 0 (at the limit), or -1: the marker is missing or is not the epoch this
 --   worker knows, so this store lost data (restart, FLUSHALL, failover) and counts held
 --   elsewhere may be missing: nothing is admitted until holders have re-asserted them.
@@ -20,10 +27,10 @@ if not epoch then
   epoch = ARGV[6]
   redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4])
   if ARGV[5] ~= '' then
-    return {-1, 0, -1, epoch}
+    return {-1, 0, -1, epoch, 0, 0}
   end
 elseif ARGV[5] ~= '' and epoch ~= ARGV[5] then
-  return {-1, 0, -1, epoch}
+  return {-1, 0, -1, epoch, 0, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,7 +54,34 @@ for i = 1, #fields, 2 do
 end
 local limit = tonumber(ARGV[2])
 local admitted = 0
-if limit == 0 or total < limit then
+local ahead, wake_self = 0, 0
+local queued = limit > 0 and redis.call('ZCARD', KEYS[4]) > 0
+local live, mine, dead = {}, nil, {}
+if queued then
+  -- The head of the queue, oldest first: live waiters (their worker renewed its waiting
+  -- lease) in order, and the entries of dead workers, dropped below.
+  local window = math.max(limit - total, 1) + 32
+  local head = redis.call('ZRANGE', KEYS[4], 0, window - 1)
+  local alive = {}
+  for _, ticket in ipairs(head) do
+    local worker = string.match(ticket, '^(.*)|')
+    if alive[worker] == nil then
+      alive[worker] = tonumber(redis.call('ZSCORE', KEYS[5], worker) or 0) > now
+    end
+    if ticket == ARGV[7] then
+      mine = #live
+    elseif alive[worker] then
+      live[#live + 1] = ticket
+    else
+      dead[#dead + 1] = ticket
+    end
+  end
+  ahead = mine or #live
+  if mine == nil and #head == window then
+    ahead = limit  -- more waiters than the window shows: this one is not next
+  end
+end
+if limit == 0 or (total < limit and ahead < limit - total) then
   admitted = 1
   if own < 0 then
     -- first slot of this worker here (or its lease had lapsed): a fresh count and lease, and
@@ -72,4 +106,34 @@ if #others > 0 then
   redis.call('HDEL', KEYS[1], unpack(others))
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 end
-return {admitted, total + admitted, own, epoch}
+if queued or ARGV[7] ~= '' then
+  if #dead > 0 then
+    redis.call('ZREM', KEYS[4], unpack(dead))
+  end
+  if admitted == 1 and mine ~= nil then
+    redis.call('ZREM', KEYS[4], ARGV[7])
+    if ARGV[10] == '1' then
+      redis.call('ZREM', KEYS[5], ARGV[1])
+    end
+  elseif admitted == 0 and ARGV[7] ~= '' then
+    if mine == nil then  -- arrival order: Redis's clock, in microseconds
+      redis.call('ZADD', KEYS[4], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[7])
+    end
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[1])
+    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+    redis.call('PEXPIRE', KEYS[5], ARGV[4])
+  end
+  -- Slots still free go to the oldest live waiters: wake their workers (one message each).
+  local free = limit - total - admitted
+  local woken = {}
+  for i = 1, math.min(free, #live) do
+    local worker = string.match(live[i], '^(.*)|')
+    if worker == ARGV[1] then
+      wake_self = 1
+    elseif not woken[worker] then
+      woken[worker] = true
+      redis.call('PUBLISH', ARGV[8] .. worker, ARGV[9])
+    end
+  end
+end
+return {admitted, total + admitted, own, epoch, ahead, wake_self}

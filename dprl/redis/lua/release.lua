@@ -3,6 +3,9 @@
 -- KEYS[1]  counts hash, KEYS[2]  leases zset, KEYS[3]  epoch marker (as in acquire.lua)
 -- ARGV[1]  worker id
 -- ARGV[2]  the epoch this worker knows
+-- KEYS[4]  queue zset, KEYS[5]  waiting zset (as in acquire.lua)
+-- ARGV[3]  wake channel prefix, ARGV[4]  the host key
+-- A slot given back goes to the oldest live waiter, if any: its worker is woken (PUBLISH).
 -- Returns this worker's count after; -1 if it had none (Redis lost it: the worker should
 -- refresh its absolute counts at once); -2 if the epoch is not the one the worker knows
 -- (the store lost data: nothing is changed, the worker re-asserts).
@@ -13,8 +16,25 @@ local own = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or -1)
 if own < 1 then
   return -1
 end
+local function wake_oldest()
+  local head = redis.call('ZRANGE', KEYS[4], 0, 31)
+  if #head == 0 then
+    return
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for _, ticket in ipairs(head) do
+    local worker = string.match(ticket, '^(.*)|')
+    if tonumber(redis.call('ZSCORE', KEYS[5], worker) or 0) > now then
+      redis.call('PUBLISH', ARGV[3] .. worker, ARGV[4])
+      return
+    end
+  end
+end
 if own > 1 then
-  return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+  local after = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+  wake_oldest()
+  return after
 end
 -- This worker's last slot here. Whether anyone else holds is read before the write: a key
 -- emptied by a write must not be touched again in this script (see acquire.lua).
@@ -24,4 +44,5 @@ else
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
+wake_oldest()
 return 0
