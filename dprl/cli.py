@@ -19,7 +19,7 @@ from typing import IO, NoReturn
 import configargparse
 import gevent
 
-from .config import Config, flag, options, parse_host_limit, parser_for
+from .config import Config, flag, options, parse_host_limit, parse_shared_limit, parser_for
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
@@ -49,6 +49,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
         for section in ini.sections():
             if section == "host-limits":
                 items["host-limits"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
+            elif section == "shared-limits":
+                items["shared-limits"] = ";".join(f"{name}={value}" for name, value in ini.items(section))
             elif section == "dprl":
                 for key, value in ini.items(section):
                     if key not in _INI_KEYS:
@@ -56,13 +58,17 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
                     items[key] = value
             else:
                 raise configargparse.ConfigFileParserException(
-                    f"config file: unknown section [{section}] (expected [dprl] and [host-limits])"
+                    f"config file: unknown section [{section}] (expected [dprl], [host-limits], [shared-limits])"
                 )
         return items
 
 
 class _Parser(configargparse.ArgParser):
+    raise_errors = False  # a reload (SIGHUP) reports a bad file instead of exiting
+
     def error(self, message: str) -> NoReturn:
+        if self.raise_errors:
+            raise ConfigError(message)
         fail(message)
 
 
@@ -116,15 +122,29 @@ def build_parser() -> configargparse.ArgParser:
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> Config:
-    args = build_parser().parse_args(argv)
+def parse_config(argv: Sequence[str] | None = None, reloading: bool = False) -> Config:
+    """The configuration from flags, env and INI; a bad value exits (or raises ConfigError
+    when ``reloading``: the running proxy keeps its settings)."""
+    parser = build_parser()
+    parser.raise_errors = reloading
+    try:
+        args = parser.parse_args(argv)
+    except configargparse.ConfigFileParserException as exc:
+        if not reloading:
+            raise
+        raise ConfigError(str(exc)) from None
     values = {spec.name: getattr(args, spec.name) for spec in options()}
     try:
         if not isinstance(values["host_limits"], dict):
             values["host_limits"] = {}
         values["host_limits"] = {**values["host_limits"], **dict(map(parse_host_limit, args.host_limit))}
+        if not isinstance(values["shared_limits"], dict):
+            values["shared_limits"] = {}
+        values["shared_limits"] = {**values["shared_limits"], **dict(map(parse_shared_limit, args.shared_limit))}
         return Config(**values)
     except ConfigError as exc:
+        if reloading:
+            raise
         fail(str(exc))
 
 
@@ -156,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
     gevent.signal_handler(signal.SIGUSR1, _log_status, proxy, log)
+    gevent.signal_handler(signal.SIGHUP, _reload, proxy, log, args)
     try:
         proxy.serve_forever()
     except ListenError as exc:
@@ -169,6 +190,25 @@ def _log_status(proxy: ProxyRateLimiter, log: logging.Logger) -> None:
     slots = status["slots"]
     held = ",".join(f"{host}={n}" for host, n in sorted(slots.items())) or "none"  # type: ignore[union-attr]
     log.warning("status: clients=%s slots-held=%s mode=%s", status["clients"], held, status["mode"])
+
+
+def _reload(proxy: ProxyRateLimiter, log: logging.Logger, argv: list[str]) -> None:
+    """SIGHUP: read flags, env and the INI file again; apply limits, patterns, shared caps,
+    queueing and the log level. A bad file changes nothing and is reported in one line."""
+    try:
+        config = parse_config(argv, reloading=True)
+    except ConfigError as exc:
+        log.error("SIGHUP: configuration not reloaded, the running one is kept: %s", exc)
+        return
+    proxy.reload(config)
+    log.setLevel({"warn": "WARNING"}.get(config.log_level, config.log_level.upper()))
+    log.warning(
+        "SIGHUP: configuration reloaded: max-connections=%s host-limits=%d shared-limits=%d log-level=%s",
+        config.max_connections or "unlimited",
+        len(config.host_limits),
+        len(config.shared_limits),
+        config.log_level,
+    )
 
 
 def _stop_on_signal(proxy: ProxyRateLimiter, log: logging.Logger, signum: int) -> None:

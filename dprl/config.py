@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from .errors import ConfigError
 from .http.target import split_authority
-from .limits.hosts import HostKey, normalize_host_spec
+from .limits.hosts import HostKey, SharedCap, normalize_limit_spec
 from .redis.address import RedisDeployment
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -53,6 +53,22 @@ def parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"must be true or false, got {text!r}")
+
+
+def parse_shared_limit(text: str) -> tuple[str, tuple[int, tuple[str, ...]]]:
+    """``NAME=N:HOST,*.DOMAIN,...`` -> (name, (N, specs))."""
+    name, sep, rest = text.partition("=")
+    number, colon, specs = rest.partition(":")
+    name, number = name.strip(), number.strip()
+    hosts = tuple(h.strip() for h in specs.split(",") if h.strip())
+    if not sep or not colon or not name or not number.isdigit() or not hosts:
+        raise ConfigError(f"shared limit must be NAME=N:HOST,*.DOMAIN,... with N a whole number, got {text!r}")
+    return name, (int(number), hosts)
+
+
+def parse_shared_limits(text: str) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Shared limits separated by ``;``."""
+    return dict(parse_shared_limit(item) for item in text.split(";") if item.strip())
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -169,13 +185,26 @@ def _host_limits(value: dict[str, int]) -> dict[HostKey, int]:
     limits = {}
     for host, limit in value.items():
         try:
-            key = normalize_host_spec(host)
+            key = normalize_limit_spec(host)
         except ValueError as exc:
             raise ConfigError(f"host limit {host!r}: {exc}") from None
         if int(limit) < 0:
             raise ConfigError(f"host limit for {host!r} must be 0 or more, got {limit}")
         limits[key] = int(limit)
     return limits
+
+
+def _shared_limits(value: dict) -> dict[str, tuple[int, tuple[HostKey, ...]]]:
+    shared = {}
+    for name, (limit, specs) in value.items():
+        try:
+            keys = tuple(normalize_limit_spec(spec) for spec in specs)
+        except ValueError as exc:
+            raise ConfigError(f"shared limit {name!r}: {exc}") from None
+        if int(limit) < 1:
+            raise ConfigError(f"shared limit {name!r} must be 1 or more, got {limit}")
+        shared[name] = (int(limit), keys)
+    return shared
 
 
 def option(
@@ -222,7 +251,8 @@ class Config:
     )
     host_limits: dict[str, int] = option(
         {},
-        "per-host caps as HOST=N,HOST=N (INI: a [host-limits] section)",
+        "per-host caps as HOST=N,*.DOMAIN=N (a pattern gives each host it matches a cap of its own; "
+        "INI: a [host-limits] section)",
         env="DPRL_HOST_LIMITS",
         parse=parse_host_limits,
         check=_host_limits,
@@ -232,6 +262,20 @@ class Config:
             "--host-limit",
             "HOST=N",
             "cap for one host (repeatable); overrides the same host in --host-limits",
+        ),
+    )
+    shared_limits: dict[str, tuple[int, tuple[str, ...]]] = option(
+        {},
+        "caps shared by sets of hosts, as NAME=N:HOST,*.DOMAIN,...;NAME=N:... (INI: a [shared-limits] section)",
+        env="DPRL_SHARED_LIMITS",
+        parse=parse_shared_limits,
+        check=_shared_limits,
+        readme_default="",
+        metavar="NAME=N:HOSTS;...",
+        repeat_flag=(
+            "--shared-limit",
+            "NAME=N:HOSTS",
+            "one shared cap (repeatable): these hosts together hold at most N connections",
         ),
     )
     # timeouts -------------------------------------------------------------------------------
@@ -434,6 +478,8 @@ class Config:
                     raise ConfigError(_message(flag(spec)[2:], exc)) from None
         if self.redis_url and self.redis_addr:
             raise ConfigError("give either redis-url or redis-addr, not both")
+        if self.shared_limits and (self.redis_url or self.redis_addr):
+            raise ConfigError("shared-limits work in local mode only for now, not with Redis")
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),
@@ -446,6 +492,17 @@ class Config:
                 object.__setattr__(self, name, derive())
             except (ConfigError, ValueError) as exc:
                 raise ConfigError(_message(source, exc) if source else str(exc)) from None
+
+    def shared_caps(self) -> list[SharedCap]:
+        return [
+            SharedCap(
+                name,
+                limit,
+                frozenset(k for k in keys if not k.startswith("*.")),
+                frozenset(k for k in keys if k.startswith("*.")),
+            )
+            for name, (limit, keys) in self.shared_limits.items()
+        ]
 
     @property
     def effective_redis_url(self) -> str:

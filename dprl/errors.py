@@ -50,10 +50,13 @@ class LimitExceeded(Exception):
 
     reason = "limit"  # the ``reason`` label of dprl_refusals_total
 
-    def __init__(self, key: str, limit: int) -> None:
-        super().__init__(f"connection limit reached for {key} (limit {limit})")
+    def __init__(self, key: str, limit: int, shared: str = "") -> None:
+        super().__init__(
+            f"connection limit reached for {key} (limit {limit}{f', shared cap {shared}' if shared else ''})"
+        )
         self.key = key
         self.limit = limit
+        self.shared = shared  # the shared cap that refused, if it was one
 
     @property
     def host(self) -> str:
@@ -66,8 +69,8 @@ class QueueTimeout(LimitExceeded):
 
     reason = "queue_timeout"
 
-    def __init__(self, key: str, limit: int, detail: str) -> None:
-        super().__init__(key, limit)
+    def __init__(self, key: str, limit: int, detail: str, shared: str = "") -> None:
+        super().__init__(key, limit, shared)
         self.detail = detail
 
 

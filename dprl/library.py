@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import gevent
 import gevent.event
 from gevent import monkey
 
 from .config import DEFAULTS, Config
-from .limits.hosts import HostLimits, normalize_host_spec
+from .limits.hosts import HostLimits, SharedCap, normalize_host_spec, normalize_limit_spec
 from .limits.limiter import Limiter
 from .limits.memory import MemoryLimiter
 from .net.dial import Resolver
@@ -83,7 +83,7 @@ class ProxyRateLimiter:
         self.config = config  # checked once, when it was made
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
         self.resolver = resolver
-        self.limits = HostLimits(self.config.max_connections, self.config.host_limits)
+        self.limits = HostLimits(self.config.max_connections, self.config.host_limits, self.config.shared_caps())
         self.limiter = make_limiter(self.config, self.limits, self.log)
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
         self.limiter.waiting.policy.max_queue = self.config.max_queue
@@ -112,6 +112,25 @@ class ProxyRateLimiter:
 
     def remove_host_limit(self, host: str) -> None:
         self.limits.remove(host)
+
+    def set_shared_limit(self, name: str, limit: int, hosts: Iterable[str]) -> None:
+        """Cap the hosts (names or ``*.domain`` patterns) together at ``limit``; 0 removes the cap."""
+        if self.config.redis_deployment is not None:
+            raise ValueError("shared limits work in local mode only for now, not with Redis")
+        caps = [cap for cap in self.limits.shared if cap.name != name]
+        if limit > 0:
+            keys = [normalize_limit_spec(h) for h in hosts]
+            plain = frozenset(k for k in keys if not k.startswith("*."))
+            caps.append(SharedCap(name, int(limit), plain, frozenset(keys) - plain))
+        self.limits.replace_shared(caps)
+
+    def reload(self, config: Config) -> None:
+        """Apply the limits, patterns, shared caps and queueing of ``config`` (SIGHUP)."""
+        self.limits.set_default(config.max_connections)
+        self.limits.replace(config.host_limits)
+        self.limits.replace_shared(config.shared_caps())
+        self.limiter.waiting.policy.timeout = config.queue_timeout
+        self.limiter.waiting.policy.max_queue = config.max_queue
 
     def active_connections_for_host(self, host: str) -> int:
         """Open connections to ``host`` fleet-wide (this process alone in local mode)."""

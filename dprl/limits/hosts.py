@@ -8,7 +8,8 @@ function, so ``set_host_limit("API.example.com:443", 5)`` and a CONNECT to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from ..http.target import parse_host, split_authority
 
@@ -32,46 +33,121 @@ def normalize_host_spec(spec: str) -> HostKey:
     return host_key(host, port)
 
 
-class HostLimits:
-    """The default cap plus per-host overrides; ``0`` means unlimited.
+def normalize_limit_spec(spec: str) -> HostKey:
+    """A configured host or pattern: ``api.example.com`` or ``*.example.com[:port]``."""
+    spec = spec.strip()
+    if spec.startswith("*."):
+        return "*." + normalize_host_spec(spec[2:])
+    if "*" in spec:
+        raise ValueError(f"a pattern is *.DOMAIN, got {spec!r}")
+    return normalize_host_spec(spec)
 
-    Keys given to the constructor are host keys already (the configuration normalised
-    them once); ``set`` and ``replace`` take what a user typed. Updates replace whole
-    dicts instead of mutating them, so a reader in another thread (the library's
-    background proxy) never sees a half-applied ``replace``.
+
+def pattern_candidates(key: HostKey) -> list[str]:
+    """The patterns that could match ``key``, longest first: for ``a.b.example.com:8443``,
+    ``*.b.example.com:8443``, ``*.example.com:8443``, ``*.com:8443``. A pattern's port
+    follows the host keys' rule (none for 80 and 443), so ``*.example.com`` matches
+    ``a.example.com`` and ``a.example.com:443``, and not ``a.example.com:8443``."""
+    return ["*" + key[i:] for i, char in enumerate(key) if char == "."]
+
+
+@dataclass(frozen=True)
+class SharedCap:
+    """Hosts that are one service behind many names: together at most ``limit`` connections."""
+
+    name: str
+    limit: int
+    hosts: frozenset[HostKey]  # exact host keys
+    patterns: frozenset[str]  # ``*.domain`` patterns
+
+    def covers(self, key: HostKey) -> bool:
+        return key in self.hosts or any(p in self.patterns for p in pattern_candidates(key))
+
+
+class HostLimits:
+    """The default cap, per-host overrides and ``*.domain`` patterns; ``0`` means unlimited.
+
+    A host's limit is its own if set, else that of the longest pattern matching it, else
+    the default; each host matched by a pattern has a cap of its own (``*.example.com=5``:
+    5 for ``a.example.com`` and 5 for ``b.example.com``). ``shared`` caps count sets of hosts
+    together, on top of their own caps. Keys given to the constructor are normalised
+    already (the configuration did it once); ``set`` and ``replace`` take what a user
+    typed. Updates replace whole dicts instead of mutating them, so a reader in another
+    thread (the library's background proxy, a metrics render) never sees half of one.
     """
 
-    def __init__(self, default: int = 0, overrides: Mapping[HostKey, int] | None = None) -> None:
+    def __init__(
+        self,
+        default: int = 0,
+        overrides: Mapping[HostKey, int] | None = None,
+        shared: Iterable[SharedCap] = (),
+    ) -> None:
         self.default = _check_limit(default)
-        self._overrides: dict[HostKey, int] = {key: limit for key, limit in (overrides or {}).items() if limit > 0}
+        self._exact: dict[HostKey, int] = {}
+        self._patterns: dict[str, int] = {}
+        self._load(overrides or {})
+        self.shared: tuple[SharedCap, ...] = tuple(shared)
+        self._groups: dict[HostKey, SharedCap | None] = {}  # a cache of shared_cap_for
+
+    def _load(self, limits: Mapping[HostKey, int]) -> None:
+        exact = {key: int(n) for key, n in limits.items() if int(n) > 0 and not key.startswith("*.")}
+        patterns = {key: int(n) for key, n in limits.items() if int(n) > 0 and key.startswith("*.")}
+        self._exact, self._patterns = exact, patterns
 
     def limit_for(self, key: HostKey) -> int:
-        return self._overrides.get(key, self.default)
+        limit = self._exact.get(key)
+        if limit is not None:
+            return limit
+        if self._patterns:
+            patterns = self._patterns
+            for candidate in pattern_candidates(key):
+                limit = patterns.get(candidate)
+                if limit is not None:
+                    return limit
+        return self.default
+
+    def shared_cap_for(self, key: HostKey) -> SharedCap | None:
+        """The shared cap ``key`` counts against too (the first that covers it), if any."""
+        if not self.shared:
+            return None
+        groups = self._groups
+        if key not in groups:
+            if len(groups) > 10000:
+                groups.clear()
+            groups[key] = next((cap for cap in self.shared if cap.covers(key)), None)
+        return groups[key]
 
     def has_override(self, key: HostKey) -> bool:
-        return key in self._overrides
+        return key in self._exact
 
     def set(self, host: str, limit: int) -> None:
-        """Set one host's limit; 0 or less removes the override (reference semantics)."""
-        key = normalize_host_spec(host)
-        updated = dict(self._overrides)
+        """Set one host's (or pattern's) limit; 0 or less removes it (reference semantics)."""
+        key = normalize_limit_spec(host)
+        updated = {**self._exact, **self._patterns}
         if limit > 0:
             updated[key] = int(limit)
         else:
             updated.pop(key, None)
-        self._overrides = updated
+        self._load(updated)
 
     def remove(self, host: str) -> None:
         self.set(host, 0)
 
     def replace(self, limits: Mapping[str, int]) -> None:
-        self._overrides = {normalize_host_spec(host): int(n) for host, n in limits.items() if int(n) > 0}
+        self._load({normalize_limit_spec(host): int(n) for host, n in limits.items()})
+
+    def replace_shared(self, shared: Iterable[SharedCap]) -> None:
+        self.shared, self._groups = tuple(shared), {}
 
     def set_default(self, limit: int) -> None:
         self.default = _check_limit(limit)
 
     def overrides(self) -> dict[HostKey, int]:
-        return dict(self._overrides)
+        """Limits of single hosts (patterns are in ``patterns()``)."""
+        return dict(self._exact)
+
+    def patterns(self) -> dict[str, int]:
+        return dict(self._patterns)
 
 
 def _check_limit(limit: int) -> int:

@@ -34,10 +34,12 @@ class QueuePolicy:
 
 
 class Waiter:
-    __slots__ = ("admitted", "arrived", "cancelled", "event", "key", "ticket")
+    __slots__ = ("admitted", "arrived", "cancelled", "event", "group", "key", "line", "ticket")
 
-    def __init__(self, key: HostKey) -> None:
+    def __init__(self, key: HostKey, line: str) -> None:
         self.key = key
+        self.line = line  # whose slots it waits for: its host's, or its shared cap's (every host of it)
+        self.group = ""  # the shared cap it was admitted under (in-memory limiter)
         self.event = gevent.event.Event()  # set: a slot may be free for it (or it must stop)
         self.arrived = time.monotonic()
         self.admitted = False  # handed a slot (in-memory limiter)
@@ -46,7 +48,7 @@ class Waiter:
 
 
 class WaitingRoom:
-    """The waiters of one process, per host, oldest first."""
+    """The waiters of one process, per line (a host, or a shared cap's hosts), oldest first."""
 
     def __init__(self, policy: QueuePolicy) -> None:
         self.policy = policy
@@ -54,34 +56,40 @@ class WaitingRoom:
         self.closed = False
 
     def counts(self) -> dict[HostKey, int]:
-        return {key: len(waiters) for key, waiters in list(self.hosts.items()) if waiters}
+        """Waiters per host key."""
+        counts: dict[HostKey, int] = {}
+        for waiters in list(self.hosts.values()):
+            for waiter in list(waiters):
+                counts[waiter.key] = counts.get(waiter.key, 0) + 1
+        return counts
 
-    def enter(self, key: HostKey, limit: int) -> Waiter:
-        """A new waiter at the back of ``key``'s line; QueueFull / QueueTimeout(0) / ShuttingDown at once."""
+    def enter(self, key: HostKey, limit: int, line: str | None = None) -> Waiter:
+        """A new waiter at the back of its line; QueueFull / ShuttingDown at once."""
         if self.closed:
             raise ShuttingDown("the proxy is shutting down")
-        waiters = self.hosts.setdefault(key, deque())
+        line = line or key
+        waiters = self.hosts.setdefault(line, deque())
         if len(waiters) >= self.policy.max_queue:
             raise QueueFull(key, limit, f"{len(waiters)} connections already waiting (--max-queue)")
-        waiter = Waiter(key)
+        waiter = Waiter(key, line)
         waiters.append(waiter)
         return waiter
 
     def leave(self, waiter: Waiter) -> None:
-        waiters = self.hosts.get(waiter.key)
+        waiters = self.hosts.get(waiter.line)
         if waiters is None:
             return
         with suppress(ValueError):
             waiters.remove(waiter)
         if not waiters:
-            del self.hosts[waiter.key]
+            del self.hosts[waiter.line]
 
     def oldest(self, key: HostKey) -> Waiter | None:
         waiters = self.hosts.get(key)
         return waiters[0] if waiters else None
 
     def is_oldest(self, waiter: Waiter) -> bool:
-        return self.oldest(waiter.key) is waiter
+        return self.oldest(waiter.line) is waiter
 
     def wake_oldest(self, key: HostKey) -> None:
         waiter = self.oldest(key)
@@ -90,7 +98,7 @@ class WaitingRoom:
 
     def wake_next(self, waiter: Waiter) -> None:
         """Wake the waiter after ``waiter`` (a slot more may be free for it)."""
-        waiters = self.hosts.get(waiter.key)
+        waiters = self.hosts.get(waiter.line)
         if waiters:
             for other in waiters:
                 if other is not waiter:

@@ -313,7 +313,8 @@ class ClientSession:
             detail = f": {exc.detail}" if isinstance(exc, QueueTimeout) else ""
             context.refusals.record(f"to {exc.key}: limit {exc.limit} reached{detail.split(' (')[0]}")
             context.stats.refused(exc.key, exc.reason)
-            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections){detail}"
+            shared = f" shared by the hosts of {exc.shared}" if exc.shared else ""
+            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections{shared}){detail}"
             extra = [("Retry-After", str(settings.retry_after))] if settings.retry_after else None
             return self._send_answer(settings.reject_status, message, keep, extra, unread_body)
         context.refusals.record("while the limiter is unavailable")
