@@ -95,7 +95,8 @@ def build_parser() -> configargparse.ArgParser:
     parser = _Parser(
         prog="dprl",
         description="HTTP(S) forward proxy that caps concurrent upstream connections per host. "
-        "'dprl status --help': the table of hosts of a running proxy, or of a fleet in Redis.",
+        "'dprl status --help': the table of hosts of a running proxy, or of a fleet in Redis; "
+        "'dprl limits --help': the fleet's limits stored in Redis.",
         config_file_parser_class=IniConfigFileParser,
         formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
         add_env_var_help=True,
@@ -168,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .ops.status import main as status_main
 
         return status_main(args[1:])
+    if args[:1] == ["limits"]:
+        from .ops.limits_cli import main as limits_main
+
+        return limits_main(args[1:])
     config = parse_config(args)
     log = setup_logging(config.log_level, config.log_format)
     raise_open_files_limit(log)

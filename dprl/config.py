@@ -411,6 +411,11 @@ class Config:
         readme_default="0 (off)",
     )
     admin_bind: str = option("127.0.0.1", "address of the admin listener", env="DPRL_ADMIN_BIND", check=_not_empty)
+    admin_token: str = option(
+        "",
+        "Bearer token admin writes (PUT/DELETE /limits) need; empty = writes only from loopback",
+        env="DPRL_ADMIN_TOKEN",
+    )
     metrics_max_hosts: int = option(
         500,
         'most host label values in /metrics; the rest are summed under host="_other"',

@@ -124,6 +124,33 @@ class ProxyRateLimiter:
             caps.append(SharedCap(name, int(limit), plain, frozenset(keys) - plain))
         self.limits.replace_shared(caps)
 
+    # the fleet's stored limits (distributed mode) -------------------------------------
+    def set_fleet_limit(self, host: str, limit: int) -> None:
+        """Store ``host``'s (or a ``*.domain`` pattern's) limit in Redis for every worker of the
+        fleet (0 = unlimited); it beats the processes' own limits. Applied here at once,
+        everywhere within a second."""
+        self._fleet().change_stored_limit("set", host, limit)
+
+    def remove_fleet_limit(self, host: str) -> None:
+        self._fleet().change_stored_limit("rm", host)
+
+    def set_fleet_default_limit(self, limit: int | None) -> None:
+        """The fleet's default limit; None gives each process its own default back."""
+        if limit is None:
+            self._fleet().change_stored_limit("rmdefault")
+        else:
+            self._fleet().change_stored_limit("default", "", limit)
+
+    def fleet_limits(self) -> dict[str, int]:
+        """The stored limits as this worker last read them (hosts and patterns)."""
+        self._fleet()
+        return self.limits.stored()
+
+    def _fleet(self):  # type: ignore[no-untyped-def]
+        if self.config.redis_deployment is None:
+            raise RuntimeError("fleet limits are stored in Redis: give a redis_url (distributed mode)")
+        return self.limiter
+
     def reload(self, config: Config) -> None:
         """Apply the limits, patterns, shared caps and queueing of ``config`` (SIGHUP)."""
         self.limits.set_default(config.max_connections)

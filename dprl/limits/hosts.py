@@ -88,6 +88,10 @@ class HostLimits:
         self._load(overrides or {})
         self.shared: tuple[SharedCap, ...] = tuple(shared)
         self._groups: dict[HostKey, SharedCap | None] = {}  # a cache of shared_cap_for
+        # The fleet's limits stored in Redis (distributed mode): they come first.
+        self._stored_exact: dict[HostKey, int] = {}
+        self._stored_patterns: dict[str, int] = {}
+        self.stored_default: int | None = None
 
     def _load(self, limits: Mapping[HostKey, int]) -> None:
         exact = {key: int(n) for key, n in limits.items() if int(n) > 0 and not key.startswith("*.")}
@@ -95,16 +99,29 @@ class HostLimits:
         self._exact, self._patterns = exact, patterns
 
     def limit_for(self, key: HostKey) -> int:
-        limit = self._exact.get(key)
+        """Stored in Redis (exact, then pattern), else this process's (exact, then pattern),
+        else the stored default, else this process's default."""
+        if self._stored_exact or self._stored_patterns:
+            limit = _lookup(key, self._stored_exact, self._stored_patterns)
+            if limit is not None:
+                return limit
+        limit = _lookup(key, self._exact, self._patterns)
         if limit is not None:
             return limit
-        if self._patterns:
-            patterns = self._patterns
-            for candidate in pattern_candidates(key):
-                limit = patterns.get(candidate)
-                if limit is not None:
-                    return limit
-        return self.default
+        return self.effective_default()
+
+    def effective_default(self) -> int:
+        """The limit of hosts with none of their own: the fleet's stored default, else this process's."""
+        return self.default if self.stored_default is None else self.stored_default
+
+    def set_stored(self, limits: Mapping[HostKey, int], default: int | None) -> None:
+        """The fleet's stored limits replace the previous ones (0 = unlimited, kept as such)."""
+        exact = {k: int(n) for k, n in limits.items() if not k.startswith("*.")}
+        patterns = {k: int(n) for k, n in limits.items() if k.startswith("*.")}
+        self._stored_exact, self._stored_patterns, self.stored_default = exact, patterns, default
+
+    def stored(self) -> dict[HostKey, int]:
+        return {**self._stored_exact, **self._stored_patterns}
 
     def shared_cap_for(self, key: HostKey) -> SharedCap | None:
         """The shared cap ``key`` counts against too (the first that covers it), if any."""
@@ -148,6 +165,17 @@ class HostLimits:
 
     def patterns(self) -> dict[str, int]:
         return dict(self._patterns)
+
+
+def _lookup(key: HostKey, exact: dict[HostKey, int], patterns: dict[str, int]) -> int | None:
+    limit = exact.get(key)
+    if limit is not None or not patterns:
+        return limit
+    for candidate in pattern_candidates(key):
+        limit = patterns.get(candidate)
+        if limit is not None:
+            return limit
+    return None
 
 
 def _check_limit(limit: int) -> int:

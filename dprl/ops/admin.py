@@ -7,6 +7,8 @@ thread pool, so the proxy's loop is not stalled by a scrape of many hosts.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -16,8 +18,8 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
-from ..errors import ListenError
-from ..limits.hosts import normalize_host_spec
+from ..errors import LimiterUnavailable, ListenError
+from ..limits.hosts import normalize_host_spec, normalize_limit_spec
 from ..proxy.server import ProxyServer
 from . import snapshot
 from .exposition import host_row, host_rows, render_metrics
@@ -65,6 +67,8 @@ class AdminServer:
     # the application -----------------------------------------------------------------------
     def app(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        if path == "/limits" or path.startswith("/limits/"):
+            return self._limits(environ, start_response, method, unquote(path[len("/limits/") :]))
         if method not in ("GET", "HEAD"):
             return _reply(start_response, 405, b"only GET and HEAD\n", _TEXT, [("Allow", "GET, HEAD")])
         if path == "/metrics":
@@ -88,6 +92,58 @@ class AdminServer:
             body, _ = self._render(lambda shot: (_json(host_row(shot, key)), _JSON))
             return _reply(start_response, 200, body, _JSON)
         return _reply(start_response, 404, b"not found: try /metrics, /healthz, /readyz or /hosts\n", _TEXT)
+
+    # /limits -------------------------------------------------------------------------------
+    def _limits(self, environ: dict, start_response: StartResponse, method: str, host: str) -> list[bytes]:
+        limits, limiter = self.proxy.limiter.limits, self.proxy.limiter
+        if method in ("GET", "HEAD") and not host:
+            document: dict[str, object] = {
+                "mode": limiter.mode,
+                "default": limits.effective_default(),
+                "process": {"default": limits.default, "limits": {**limits.overrides(), **limits.patterns()}},
+            }
+            if limiter.mode == "redis":
+                document["fleet"] = {"default": limits.stored_default, "limits": limits.stored()}
+            return _reply(start_response, 200, _json(document), _JSON)
+        if method not in ("PUT", "DELETE") or not host:
+            allowed = "GET, HEAD" if not host else "PUT, DELETE"
+            return _reply(start_response, 405, f"{allowed} here\n".encode(), _TEXT, [("Allow", allowed)])
+        refusal = self._write_refusal(environ)
+        if refusal:
+            return _reply(start_response, 403, f"forbidden: {refusal}\n".encode(), _TEXT)
+        try:
+            key = normalize_limit_spec(host)
+            limit = 0
+            if method == "PUT":
+                text = environ["wsgi.input"].read(64).decode().strip()
+                if not text.isdigit():
+                    raise ValueError(f"the body must be a whole number, got {text!r}")
+                limit = int(text)
+        except ValueError as exc:
+            return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
+        by = f"admin client {environ.get('REMOTE_ADDR')}"
+        if limiter.mode == "redis":
+            try:
+                limiter.change_stored_limit("set" if method == "PUT" else "rm", key, limit, by)  # type: ignore[attr-defined]
+            except LimiterUnavailable as exc:
+                return _reply(start_response, 503, f"{exc}\n".encode(), _TEXT)
+        else:
+            limits.set(key, limit)  # 0 removes, as in the library
+            self.log.info("limit changed by %s: %s", by, f"{key}={limit}" if method == "PUT" else f"{key} removed")
+        return _reply(start_response, 200, _json({"host": key, "limit": limits.limit_for(key)}), _JSON)
+
+    def _write_refusal(self, environ: dict) -> str:
+        """Why this client may not change limits ("" if it may)."""
+        token = self.proxy.settings.admin_token
+        if token:
+            given = environ.get("HTTP_AUTHORIZATION", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return "admin writes need the Bearer token of --admin-token"
+            return ""
+        remote = environ.get("REMOTE_ADDR", "")
+        if remote != self.address[0] and not ipaddress.ip_address(remote.split("%")[0]).is_loopback:
+            return "without --admin-token, admin writes are taken from loopback only"
+        return ""
 
     def _render(self, render: Callable[[snapshot.Snapshot], tuple[bytes, str]]) -> tuple[bytes, str]:
         """Copy in the hub, render in a pool thread (the hub serves the proxy meanwhile)."""
@@ -114,7 +170,14 @@ def _reply(
     content_type: str,
     extra: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        503: "Service Unavailable",
+    }
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
     start_response(f"{status} {reason[status]}", headers + (extra or []))
     return [body]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Metric
 
-from ..limits.hosts import HostKey
+from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter
 from ..stats import HostCounters
 
@@ -21,7 +21,8 @@ from ..stats import HostCounters
 class Snapshot:
     mode: str  # local or redis
     default_limit: int
-    limits: dict[HostKey, int]  # per-host overrides
+    limits: dict[HostKey, int]  # hosts with a limit of their own (this process's or stored in Redis)
+    host_limits: HostLimits  # for the limit of any host (patterns, the stored ones): safe to read from a thread
     open: dict[HostKey, int]  # upstream connections of this process, per host
     waiting: dict[HostKey, int]  # connections of this process waiting for a slot, per host
     fleet: dict[HostKey, int] | None  # fleet-wide counts as last seen (distributed mode)
@@ -38,7 +39,7 @@ class Snapshot:
     taken: float  # time.monotonic() when taken (refusals in the last minute count from it)
 
     def limit_for(self, key: HostKey) -> int:
-        return self.limits.get(key, self.default_limit)
+        return self.host_limits.limit_for(key)
 
     def refused_recently(self, key: HostKey) -> int:
         counters = self.counters.get(key)
@@ -58,8 +59,12 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
         histograms += stats.redis_seconds.collect()
     return Snapshot(
         mode=limiter.mode,
-        default_limit=limiter.limits.default,
-        limits=limiter.limits.overrides(),
+        default_limit=limiter.limits.effective_default(),
+        limits={
+            **limiter.limits.overrides(),
+            **{k: n for k, n in limiter.limits.stored().items() if not k.startswith("*.")},
+        },
+        host_limits=limiter.limits,
         open=limiter.process_counts(),
         waiting=limiter.waiting_counts(),
         fleet=limiter.seen_fleet_counts(),

@@ -58,8 +58,11 @@ from .channel import Build, Connected, OnReply
 from .leases import LeaseBook
 from .protocol import ReplyError
 from .scripts import ACQUIRE, ALL, COUNT, LEAVE, REFRESH, RELEASE, ScriptRunner, is_noscript
+from .stored_limits import LimitSync, change, limits_channel
 from .topology import Shard, Topology, make_topology
-from .wakeups import WakeListener
+from .wakeups import Subscriber
+
+LIMITS_TAG = "limits"  # the hash tag of the stored limits (stored_limits.TAG)
 
 RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for this long between probes
 MAX_REDIRECTS = 5  # MOVED / ASK / TRYAGAIN followed per call (a resharding moves a slot once)
@@ -143,11 +146,14 @@ class RedisLimiter(Limiter):
         self._hub: gevent.hub.Hub | None = None
         self._hub_thread = 0
         self.topology: Topology = make_topology(deployment, prefix, timeout, f"dprl:{self.worker}", self._setup_shard)
-        self._wakeups = WakeListener(
+        self.limit_sync = LimitSync(limits, lambda: self.topology.shard_for(LIMITS_TAG).runner, prefix, log)
+        self._subscriber = Subscriber(
             self.topology.wake_address,
-            self._wake_prefix + self.worker,
+            {
+                self._wake_prefix + self.worker: self.waiting.wake_oldest,
+                limits_channel(prefix): self.limit_sync.on_message,
+            },
             timeout,
-            self.waiting.wake_oldest,
             self.waiting.wake_all,
             log,
         )
@@ -201,7 +207,7 @@ class RedisLimiter(Limiter):
         deadline = waiter.arrived + waiting.policy.timeout
         enqueued = False
         slot: Slot | None = None
-        self._wakeups.ensure()
+        self._subscriber.ensure()
         try:
             with watch() if watch is not None else contextlib.nullcontext() as gone:
                 while True:
@@ -527,6 +533,8 @@ class RedisLimiter(Limiter):
         self._hub, self._hub_thread = gevent.get_hub(), threading.get_ident()
         if self._refresher is None:
             self._refresher = gevent.spawn(self._refresh_loop)
+        self._subscriber.start()
+        self.limit_sync.start()
 
     def _refresh_loop(self) -> None:
         while True:
@@ -665,7 +673,8 @@ class RedisLimiter(Limiter):
         if self._refresher is not None:
             self._refresher.kill()
             self._refresher = None
-        self._wakeups.close()
+        self._subscriber.close()
+        self.limit_sync.stop()
         if not self.refresh(goodbye=True):
             self.log.warning("could not remove this worker's counts from Redis: they expire with its lease")
         self._touched.clear()
@@ -684,6 +693,21 @@ class RedisLimiter(Limiter):
         shard = topology.shard_for(key)
         counts, leases, _ = self.keys(key)
         return shard.runner.run(COUNT, (counts, leases), ())
+
+    def change_stored_limit(self, op: str, host: str = "", limit: int = 0, by: str = "") -> int:
+        """Change the fleet's stored limits (see stored_limits.change); from any thread.
+        This worker applies the change before returning; the others within a second."""
+
+        def run(topology: Topology) -> int:
+            version = change(topology.shard_for(LIMITS_TAG).runner, self.prefix, op, host, limit, by)
+            if topology is self.topology:
+                self.limit_sync.sync()
+            return version
+
+        try:
+            return int(self._in_hub(run))  # type: ignore[call-overload]
+        except _FAILURES as exc:
+            raise LimiterUnavailable(f"Redis unavailable: {exc}") from None
 
     def process_counts(self) -> dict[HostKey, int]:
         return {key: n for key, n in self._local.items() if n}

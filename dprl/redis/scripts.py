@@ -35,7 +35,9 @@ RELEASE = Script("release")
 REFRESH = Script("refresh")
 COUNT = Script("count")
 LEAVE = Script("leave")
-ALL = (ACQUIRE, RELEASE, REFRESH, COUNT, LEAVE)
+LIMITS = Script("limits")
+LIMITS_READ = Script("limits_read")
+ALL = (ACQUIRE, RELEASE, REFRESH, COUNT, LEAVE, LIMITS_READ)
 
 
 def is_noscript(reply: object) -> bool:

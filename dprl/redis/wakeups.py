@@ -1,10 +1,11 @@
-"""Wake-ups pushed by Redis: this worker's channel, on a subscribed connection of its own.
+"""What Redis pushes to a worker, on a subscribed connection of its own.
 
-When a slot frees up for the oldest waiter of the fleet's queue of a host, the script
-that freed it PUBLISHes the host key on the channel of that waiter's worker (one message,
-one worker: no thundering herd). The listener hands the host key to ``on_wake``. A lost
-connection calls ``on_lost`` (waiters then ask Redis themselves) and is re-made after a
-second; messages lost meanwhile are covered by the waiters' slow safety poll.
+Two channels: the worker's wake-up channel (when a slot frees up for the oldest waiter of
+the fleet's queue of a host, the script that freed it PUBLISHes the host key there: one
+message, one worker, no thundering herd) and the fleet's limits channel (a stored limit
+changed). Each message goes to its channel's handler. A lost connection calls
+``on_lost`` (waiters then ask Redis themselves) and is re-made after a second; messages
+lost meanwhile are covered by slow safety polls (waiters', and the limits' version check).
 """
 
 from __future__ import annotations
@@ -24,20 +25,18 @@ from .protocol import ReplyError, new_reader, pack
 RETRY_INTERVAL = 1.0
 
 
-class WakeListener:
+class Subscriber:
     def __init__(
         self,
         locate: Callable[[float], RedisAddress],
-        channel: str,
+        channels: dict[str, Callable[[str], None]],
         timeout: float,
-        on_wake: Callable[[str], None],
         on_lost: Callable[[], None],
         log: logging.Logger,
     ) -> None:
         self.locate = locate
-        self.channel = channel
+        self.channels = channels
         self.timeout = timeout
-        self.on_wake = on_wake
         self.on_lost = on_lost
         self.log = log
         self.subscribed = gevent.event.Event()
@@ -45,13 +44,14 @@ class WakeListener:
         self._sock = None
         self._failing = False  # logged once per outage of the channel
 
-    def ensure(self) -> None:
-        """Listen (from the first waiter on); wait for the subscription up to the Redis timeout.
-
-        A waiter enqueued before the subscription holds could miss its wake-up: it waits for
-        it, bounded, and falls back on the safety poll if Redis cannot be reached."""
+    def start(self) -> None:
         if self._greenlet is None:
             self._greenlet = gevent.spawn(self._run)
+
+    def ensure(self) -> None:
+        """Wait for the subscription up to the Redis timeout (a waiter enqueued before it
+        holds could miss its wake-up; past the timeout the safety poll covers it)."""
+        self.start()
         self.subscribed.wait(self.timeout)
 
     def close(self) -> None:
@@ -69,7 +69,7 @@ class WakeListener:
             except (OSError, RedisUnavailable, ReplyError, gevent.Timeout) as exc:
                 if not self._failing:
                     self._failing = True
-                    self.log.warning("Redis wake-up channel %s unavailable (%s): waiters poll", self.channel, exc)
+                    self.log.warning("Redis channels unavailable (%s): waiters and limits poll", exc)
                 self.subscribed.clear()
                 self.on_lost()
             finally:
@@ -84,19 +84,21 @@ class WakeListener:
             address = self.locate(self.timeout)
             sock = self._sock = open_socket(address, self.timeout)
             reader = new_reader()
-            commands = ([auth_command(address)] if address.password else []) + [("SUBSCRIBE", self.channel)]
+            commands = ([auth_command(address)] if address.password else []) + [("SUBSCRIBE", *self.channels)]
             sock.sendall(b"".join(pack(command) for command in commands))
-            for command in commands:
-                reply = read_reply(sock, reader)
+            replies = [read_reply(sock, reader) for _ in range(len(commands) - 1 + len(self.channels))]
+            for reply in replies:
                 if isinstance(reply, ReplyError):
-                    raise RedisUnavailable(f"{command[0]} refused by {address}: {reply}")
+                    raise RedisUnavailable(f"refused by {address}: {reply}")
         sock.settimeout(None)
         self.subscribed.set()
         if self._failing:
             self._failing = False
-            self.log.warning("Redis wake-up channel %s subscribed again", self.channel)
-        self.log.debug("subscribed to %s in %.3fs", self.channel, time.monotonic() - started)
+            self.log.warning("Redis channels subscribed again")
+        self.log.debug("subscribed to %s in %.3fs", ", ".join(self.channels), time.monotonic() - started)
         while True:
             message = read_reply(sock, reader)
             if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
-                self.on_wake(message[2].decode())
+                handler = self.channels.get(message[1].decode())
+                if handler is not None:
+                    handler(message[2].decode())

@@ -1,0 +1,101 @@
+"""``dprl limits``: the fleet's stored limits, read and changed in Redis.
+
+    dprl limits list                    every stored host limit and pattern, and the default
+    dprl limits get HOST                the stored limit that applies to HOST (exact, pattern, default)
+    dprl limits set HOST|*.DOMAIN N     store a limit (0 = unlimited)
+    dprl limits rm HOST|*.DOMAIN        remove it
+    dprl limits default N|none          the fleet's default (none: each process's own)
+
+Every worker applies a change within a second (pushed; checked every second as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import RedisUnavailable
+from ..limits.hosts import HostLimits, normalize_limit_spec
+from ..redis.address import RedisDeployment
+from ..redis.protocol import ReplyError
+from ..redis.stored_limits import change, read
+from ..redis.topology import make_topology
+
+LIMITS_TAG = "limits"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dprl limits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("list", "get", "set", "rm", "default"))
+    parser.add_argument("args", nargs="*")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="the fleet's Redis")
+    parser.add_argument(
+        "--redis-prefix", default=os.environ.get("DPRL_REDIS_PREFIX", "proxy_rate_limiter"), help="key prefix"
+    )
+    parser.add_argument("--redis-timeout", type=float, default=2.0, help="seconds for each Redis call")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    wanted = {"list": 0, "get": 1, "set": 2, "rm": 1, "default": 1}[args.command]
+    if len(args.args) != wanted:
+        parser.error(f"{args.command} takes {wanted} argument(s)")
+    if not args.redis_url:
+        parser.error("give --redis-url (or REDIS_URL): the limits live in the fleet's Redis")
+    try:
+        print(run(args))
+    except (ValueError, OSError, RedisUnavailable, ReplyError) as exc:
+        sys.stderr.write(f"dprl limits: error: {exc}\n")
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> str:
+    topology = make_topology(RedisDeployment.from_url(args.redis_url), args.redis_prefix, args.redis_timeout, "", _none)
+    try:
+        runner = topology.shard_for(LIMITS_TAG).runner
+        prefix = args.redis_prefix
+        if args.command == "set":
+            host, number = args.args
+            if not number.isdigit():
+                raise ValueError(f"the limit must be a whole number, got {number!r}")
+            version = change(runner, prefix, "set", host, int(number))
+            return f"{normalize_limit_spec(host)} = {number} (version {version})"
+        if args.command == "rm":
+            version = change(runner, prefix, "rm", args.args[0])
+            return f"{normalize_limit_spec(args.args[0])} removed (version {version})"
+        if args.command == "default":
+            value = args.args[0]
+            if value == "none":
+                return f"default removed: each process's own applies (version {change(runner, prefix, 'rmdefault')})"
+            if not value.isdigit():
+                raise ValueError(f"the default must be a whole number or none, got {value!r}")
+            return f"default = {value} (version {change(runner, prefix, 'default', '', int(value))})"
+        stored = read(runner, prefix)
+        assert stored is not None
+        if args.command == "get":
+            key = normalize_limit_spec(args.args[0])
+            limits = HostLimits()
+            limits.set_stored(stored.limits, stored.default)
+            if (
+                key not in stored.limits
+                and not any(k.startswith("*.") for k in stored.limits)
+                and stored.default is None
+            ):
+                return f"{key}: no stored limit (each process's own applies)"
+            return f"{key} = {limits.limit_for(key)}"
+        lines = [f"{key} = {limit}" for key, limit in sorted(stored.limits.items())]
+        lines.append(f"default = {'none (each process its own)' if stored.default is None else stored.default}")
+        return "\n".join(lines) + f"\n(version {stored.version})"
+    finally:
+        topology.close()
+
+
+def _none(shard: object) -> None:
+    pass
