@@ -483,8 +483,6 @@ class Config:
                     raise ConfigError(_message(flag(spec)[2:], exc)) from None
         if self.redis_url and self.redis_addr:
             raise ConfigError("give either redis-url or redis-addr, not both")
-        if self.shared_limits and (self.redis_url or self.redis_addr):
-            raise ConfigError("shared-limits work in local mode only for now, not with Redis")
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),

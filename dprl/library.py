@@ -116,7 +116,7 @@ class ProxyRateLimiter:
     def set_shared_limit(self, name: str, limit: int, hosts: Iterable[str]) -> None:
         """Cap the hosts (names or ``*.domain`` patterns) together at ``limit``; 0 removes the cap."""
         if self.config.redis_deployment is not None:
-            raise ValueError("shared limits work in local mode only for now, not with Redis")
+            raise ValueError("in distributed mode shared caps are set at start (they decide where counts live)")
         caps = [cap for cap in self.limits.shared if cap.name != name]
         if limit > 0:
             keys = [normalize_limit_spec(h) for h in hosts]
@@ -155,7 +155,10 @@ class ProxyRateLimiter:
         """Apply the limits, patterns, shared caps and queueing of ``config`` (SIGHUP)."""
         self.limits.set_default(config.max_connections)
         self.limits.replace(config.host_limits)
-        self.limits.replace_shared(config.shared_caps())
+        if self.config.redis_deployment is None:
+            self.limits.replace_shared(config.shared_caps())
+        elif config.shared_caps() != list(self.limits.shared):
+            self.log.warning("shared-limits changed: in distributed mode they take effect at the next start")
         self.limiter.waiting.policy.timeout = config.queue_timeout
         self.limiter.waiting.policy.max_queue = config.max_queue
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dprl import DistributedProxyRateLimiter
 from dprl.limits.hosts import HostLimits, normalize_limit_spec
 
 from .conftest import proxy_connect, wait_for
@@ -166,17 +167,39 @@ def test_sighup_reloads_limits_and_keeps_them_on_a_bad_file(tmp_path: Path, hold
     assert not proc.matching("Traceback")
 
 
-def test_shared_limits_with_redis_are_refused_clearly() -> None:
-    import subprocess
-    import sys
-
-    run = subprocess.run(
-        [sys.executable, "-m", "dprl", "--redis-url", "redis://127.0.0.1:1/0", "--shared-limit", "cdn=2:a.test"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert (
-        run.returncode == 2
-        and run.stderr == "dprl: error: shared-limits work in local mode only for now, not with Redis\n"
-    )
+def test_a_shared_cap_holds_across_the_fleet(redis_server, redis_prefix, holding: HoldingServer) -> None:
+    port = holding.port
+    settings = {
+        "redis_prefix": redis_prefix,
+        "lease_ttl": 3,
+        "resolver": to_loopback,
+        "shared_limits": {"cdn": (3, (f"*.cdn.test:{port}",))},
+    }
+    with (
+        DistributedProxyRateLimiter(0, 2, redis_server.url, **settings) as one,
+        DistributedProxyRateLimiter(0, 2, redis_server.url, **settings) as two,
+    ):
+        held = [proxy_connect(one, f"a.cdn.test:{port}")[0] for _ in range(2)]
+        held.append(proxy_connect(two, f"b.cdn.test:{port}")[0])
+        holding.wait_active(3)
+        for proxy, name in ((one, "c.cdn.test"), (two, "b.cdn.test")):
+            sock, head = proxy_connect(proxy, f"{name}:{port}")
+            body = sock.recv(300)
+            assert status(head) == 500 and b"(3 concurrent connections shared by the hosts of cdn)" in body, body
+            sock.close()
+        refused, head = proxy_connect(two, f"a.cdn.test:{port}")  # a's own cap (2) says no first
+        assert status(head) == 500 and b"shared" not in refused.recv(300)
+        refused.close()
+        client = redis_server.client()
+        counts = client.hgetall(f"{redis_prefix}:{{shared:cdn}}:counts")
+        assert sorted(int(n) for n in counts.values()) == [1, 2]  # one slot per key: one Cluster slot
+        assert client.exists(f"{redis_prefix}:{{shared:cdn}}:a.cdn.test:{port}:counts")
+        held.pop(0).close()
+        holding.wait_active(2)
+        sock, head = proxy_connect(two, f"c.cdn.test:{port}")
+        assert status(head) == 200
+        assert holding.max_active == 3
+        with pytest.raises(ValueError):
+            one.set_shared_limit("other", 1, ["x.test"])
+        for s in (*held, sock):
+            s.close()

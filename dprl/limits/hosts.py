@@ -16,6 +16,7 @@ from ..http.target import parse_host, split_authority
 HostKey = str
 
 DEFAULT_PORTS = (80, 443)
+SHARED = "shared:"  # names a shared cap where a host key could stand (its waiting line, its count)
 
 
 def host_key(host: str, port: int) -> HostKey:

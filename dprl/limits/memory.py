@@ -14,11 +14,9 @@ import time
 
 from ..errors import LimitExceeded
 from ..stats import ProxyStats
-from .hosts import HostKey, HostLimits, SharedCap
+from .hosts import SHARED, HostKey, HostLimits, SharedCap
 from .limiter import Limiter, Slot, count_down
 from .waiting import Watch
-
-SHARED = "shared:"  # the waiting line of a shared cap's hosts
 
 
 class MemoryLimiter(Limiter):

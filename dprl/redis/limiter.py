@@ -49,7 +49,7 @@ import gevent
 import gevent.event
 
 from ..errors import LimiterUnavailable, LimitExceeded, RedisUnavailable
-from ..limits.hosts import HostKey, HostLimits
+from ..limits.hosts import SHARED, HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot, count_down
 from ..limits.waiting import Waiter, Watch
 from ..stats import ProxyStats
@@ -168,12 +168,35 @@ class RedisLimiter(Limiter):
             f"on-redis-error={self.on_error} on-lease-loss={self.on_lease_loss}"
         )
 
+    def _tag(self, key: HostKey) -> str:
+        """The hash tag of ``key``'s keys: the host itself, or its shared cap's (``shared:NAME``:
+        the hosts of a shared cap and the cap's own count live in one Cluster slot, so one
+        script admits against both). ``shared:NAME`` is the key of the cap's own count."""
+        if key.startswith(SHARED):
+            return key
+        cap = self.limits.shared_cap_for(key)
+        return key if cap is None else SHARED + cap.name
+
     def keys(self, key: HostKey) -> tuple[str, str, str]:
-        return f"{self.prefix}:{{{key}}}:counts", f"{self.prefix}:{{{key}}}:leases", self.topology.marker(key)
+        tag = self._tag(key)
+        base = f"{self.prefix}:{{{tag}}}" if tag == key else f"{self.prefix}:{{{tag}}}:{key}"
+        return f"{base}:counts", f"{base}:leases", self.topology.marker(tag)
 
     def queue_keys(self, key: HostKey) -> tuple[str, str]:
-        """The fleet's queue of ``key`` (tickets by arrival) and the waiting leases of its workers."""
-        return f"{self.prefix}:{{{key}}}:queue", f"{self.prefix}:{{{key}}}:waiting"
+        """The fleet's queue of ``key``'s line (tickets by arrival; a shared cap's hosts share
+        one) and the waiting leases of its workers."""
+        tag = self._tag(key)
+        return f"{self.prefix}:{{{tag}}}:queue", f"{self.prefix}:{{{tag}}}:waiting"
+
+    def _script_keys(self, script: Any, key: HostKey) -> tuple[str, ...]:
+        """Acquire and release see the queue too, and a shared cap's own count (KEYS[6], [7])."""
+        keys = self.keys(key)
+        if script not in _QUEUED:
+            return keys
+        tag = self._tag(key)
+        if tag == key:
+            return keys + self.queue_keys(key)
+        return keys + self.queue_keys(key) + self.keys(tag)[:2]
 
     def _epoch_args(self, key: HostKey) -> tuple[str, str]:
         """(the epoch this worker knows for key's marker, a new one should it be missing).
@@ -182,17 +205,18 @@ class RedisLimiter(Limiter):
         commands keep their cached encoding; a marker re-created after another loss never
         carries an epoch any worker already knows.
         """
-        return self._epochs.get(self.topology.marker(key), ""), self._proposal
+        return self._epochs.get(self.topology.marker(self._tag(key)), ""), self._proposal
 
     # admission -------------------------------------------------------------------------
     def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
         limit = self.limits.limit_for(key)
         self._touched.add(key)
-        slot, _ = self._attempt(key, limit)
+        slot, _, shared = self._attempt(key, limit)
         if slot is not None:
             return slot
         if not self.waiting.policy.timeout:
-            raise LimitExceeded(key, limit)
+            cap = self.limits.shared_cap_for(key) if shared else None
+            raise LimitExceeded(key, cap.limit, shared) if cap is not None else LimitExceeded(key, limit)
         return self._wait(key, limit, watch)
 
     def _wait(self, key: HostKey, limit: int, watch: Watch | None) -> Slot:
@@ -201,7 +225,7 @@ class RedisLimiter(Limiter):
         freed for it), and this process's oldest waiter of the host also every poll
         interval (lost wake-ups; it renews the worker's waiting lease too)."""
         waiting = self.waiting
-        waiter = waiting.enter(key, limit)
+        waiter = waiting.enter(key, limit, self._tag(key))
         self._tickets += 1
         waiter.ticket = f"{self.worker}|{self._tickets:012d}"
         deadline = waiter.arrived + waiting.policy.timeout
@@ -211,7 +235,7 @@ class RedisLimiter(Limiter):
         try:
             with watch() if watch is not None else contextlib.nullcontext() as gone:
                 while True:
-                    slot, wake_next = self._attempt(key, limit, waiter)
+                    slot, wake_next, _ = self._attempt(key, limit, waiter)
                     if slot is not None:
                         if wake_next:
                             waiting.wake_next(waiter)
@@ -228,28 +252,30 @@ class RedisLimiter(Limiter):
     def _leave_queue(self, key: HostKey, ticket: str) -> None:
         """Give up a place in the fleet's queue (bounded by the Redis timeout). If Redis
         cannot be told, the ticket is retried at each refresh: a ghost never blocks others."""
-        last = "1" if key not in self.waiting.hosts else "0"
-        shard = self.topology.known_shard(key)
+        line = self._tag(key)
+        last = "1" if line not in self.waiting.hosts else "0"
+        shard = self.topology.known_shard(self._tag(key))
         if shard is None or not shard.healthy:
             self._lost_tickets[ticket] = key
             return
         try:
-            shard.runner.run(LEAVE, self.queue_keys(key), (ticket, self._wake_prefix, key, last))
+            shard.runner.run(LEAVE, self.queue_keys(key), (ticket, self._wake_prefix, line, last))
             self._lost_tickets.pop(ticket, None)
         except _FAILURES as exc:
             self.stats.redis_error(_kind(exc))
             self._lost_tickets[ticket] = key
 
-    def _attempt(self, key: HostKey, limit: int, waiter: Waiter | None = None) -> tuple[Slot | None, bool]:
+    def _attempt(self, key: HostKey, limit: int, waiter: Waiter | None = None) -> tuple[Slot | None, bool, str]:
         """One admission: (the slot, or None when refused at the cap; whether another waiter
-        of this worker may go too). ``waiter``: ask with its ticket (enqueued if refused)."""
+        of this worker may go too; the shared cap that refused, if it was one). ``waiter``:
+        ask with its ticket (enqueued if refused)."""
         try:
-            shard = self.topology.shard_for(key)
+            shard = self.topology.shard_for(self._tag(key))
         except RedisUnavailable as exc:
-            return self._fallback(key, limit, str(exc)), False
+            return self._fallback(key, limit, str(exc)), False, ""
         refusal = self._refusal(shard)
         if refusal:
-            return self._fallback(key, limit, refusal), False
+            return self._fallback(key, limit, refusal), False, ""
         abandoned = False
         sent_at = 0.0
 
@@ -267,29 +293,30 @@ class RedisLimiter(Limiter):
                 gevent.spawn(self._release, key)  # the caller was killed while waiting
 
         known, new = self._epoch_args(key)
-        ticket, last = "", "0"
+        ticket, last, line = "", "0", self._tag(key)
         if waiter is not None:
-            ticket, last = waiter.ticket, "1" if len(self.waiting.hosts.get(key, ())) <= 1 else "0"
+            ticket, last = waiter.ticket, "1" if len(self.waiting.hosts.get(line, ())) <= 1 else "0"
+        cap = self.limits.shared_cap_for(key) if line != key else None
         lease, ttl, wake = self._lease_ms, self._key_ttl_ms, self._wake_prefix
-        args = (self.worker, limit, lease, ttl, known, new, ticket, wake, key, last)
+        args = (self.worker, limit, lease, ttl, known, new, ticket, wake, line, last, cap.limit if cap else "")
         try:
             shard, reply = self._run(shard, key, ACQUIRE, args, count, on_reply)
         except _FAILURES as exc:  # the shard that failed is marked down (see _run)
-            return self._fallback(key, limit, str(exc)), False
+            return self._fallback(key, limit, str(exc)), False, ""
         except BaseException:
             abandoned = True
             raise
         finally:
             shard.probing = False
         self._mark_up(shard)
-        admitted, total, own_before, epoch, _ahead, wake_self = reply
+        admitted, total, own_before, epoch, _ahead, wake_self, by_shared = reply
         self._fleet_seen[key] = total
         self._learn_epoch(key, epoch)
         if admitted == -1:
             self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
-            return self._fallback(key, limit, "re-asserting counts after Redis lost data"), False
+            return self._fallback(key, limit, "re-asserting counts after Redis lost data"), False, ""
         if not admitted:
-            return None, False
+            return None, False, cap.name if by_shared and cap is not None else ""
         if own_before < 0:  # this admission gave the worker its lease on key
             self.leases.created(shard, key, sent_at)
         else:
@@ -297,7 +324,7 @@ class RedisLimiter(Limiter):
         slot = Slot(key, self._release, shared=True)
         if self.wait_replicas:
             self._wait_for_replicas(shard, slot)
-        return slot, wake_self == 1
+        return slot, wake_self == 1, ""
 
     def _refusal(self, shard: Shard) -> str:
         """Why admission on ``shard`` cannot ask Redis now ("" if it can)."""
@@ -318,6 +345,9 @@ class RedisLimiter(Limiter):
             raise LimiterUnavailable(f"Redis unavailable ({reason})")
         if self.on_error == "local" and limit and self._local.get(key, 0) >= limit:
             raise LimitExceeded(key, limit)
+        cap = self.limits.shared_cap_for(key) if self.on_error == "local" else None
+        if cap is not None and self._local.get(SHARED + cap.name, 0) >= cap.limit:
+            raise LimitExceeded(key, cap.limit, shared=cap.name)
         # Counted here, not in Redis: the next refresh adds it there once Redis is back.
         self._count(key)
         return Slot(key, self._uncount)
@@ -342,7 +372,7 @@ class RedisLimiter(Limiter):
         read (in the channel's reader), so a refresh counts the slot until Redis has
         applied the release: Redis never sees fewer than are open.
         """
-        shard = self.topology.known_shard(key)
+        shard = self.topology.known_shard(self._tag(key))
         if shard is None or not shard.healthy or time.monotonic() < shard.down_until:
             self._uncount(key)  # Redis keeps an extra count until the next refresh
             return
@@ -364,9 +394,9 @@ class RedisLimiter(Limiter):
             elif reply == -2:
                 self._recover(shard, self._epoch_pause, "the epoch marker is gone or changed: Redis lost data")
 
-        known = self._epochs.get(self.topology.marker(key), "")
+        known = self._epochs.get(self.topology.marker(self._tag(key)), "")
         try:
-            self._run(shard, key, RELEASE, (self.worker, known, self._wake_prefix, key), sent, on_reply)
+            self._run(shard, key, RELEASE, (self.worker, known, self._wake_prefix, self._tag(key)), sent, on_reply)
         except _FAILURES:
             pass  # Redis may keep an extra count until the next refresh
         finally:
@@ -410,7 +440,7 @@ class RedisLimiter(Limiter):
                     raise
             started = time.monotonic()
             try:
-                keys = self.keys(key) + self.queue_keys(key) if script in _QUEUED else self.keys(key)
+                keys = self._script_keys(script, key)
                 reply = shard.runner.run(script, keys, args, before_send, on_reply, deadline, asking)
                 self.stats.redis_request(time.monotonic() - started)
                 return shard, reply
@@ -424,8 +454,14 @@ class RedisLimiter(Limiter):
 
     def _count(self, key: HostKey) -> None:
         self._local[key] = self._local.get(key, 0) + 1
+        tag = self._tag(key)
+        if tag != key:  # and the shared cap's own count
+            self._local[tag] = self._local.get(tag, 0) + 1
 
     def _uncount(self, key: HostKey) -> None:
+        tag = self._tag(key)
+        if tag != key:
+            self._uncount(tag)
         if count_down(self._local, key):
             self._touched.add(key)  # refresh it once more, at 0, to clear any leftover
             self.leases.dropped(key)
@@ -433,7 +469,7 @@ class RedisLimiter(Limiter):
     def _learn_epoch(self, key: HostKey, epoch: object) -> None:
         if isinstance(epoch, bytes):
             value = epoch.decode()
-            self._epochs[self.topology.marker(key)] = value
+            self._epochs[self.topology.marker(self._tag(key))] = value
             if value == self._proposal:
                 self._proposal = secrets.token_hex(8)
 
@@ -462,7 +498,7 @@ class RedisLimiter(Limiter):
         self._refresh_now.set()
 
     def _held_on(self, shard: Shard) -> list[HostKey]:
-        return [key for key, n in self._local.items() if n and self.topology.known_shard(key) is shard]
+        return [key for key, n in self._local.items() if n and self.topology.known_shard(self._tag(key)) is shard]
 
     def _setup_shard(self, shard: Shard) -> None:
         shard.channel.on_connect = lambda connected: self._on_connect(shard, connected)
@@ -489,7 +525,7 @@ class RedisLimiter(Limiter):
         ]
         if connected.first:
             return commands
-        keys = [key for key in set(self._local) | self._touched if self.topology.known_shard(key) is shard]
+        keys = [key for key in set(self._local) | self._touched if self.topology.known_shard(self._tag(key)) is shard]
         if keys:
             commands += self._refresh_commands(shard, keys, sent_at=now)
         return commands
@@ -567,7 +603,7 @@ class RedisLimiter(Limiter):
         keys, self._touched = set(self._local) | self._touched, set()
         by_shard: dict[Shard, list[HostKey]] = {}
         for key in keys:
-            shard = self.topology.known_shard(key)
+            shard = self.topology.known_shard(self._tag(key))
             if shard is None:
                 self._touched.add(key)  # a Cluster slot not mapped yet: next time
             else:
@@ -690,7 +726,7 @@ class RedisLimiter(Limiter):
             raise LimiterUnavailable(f"Redis unavailable: {exc}") from None
 
     def _count_in(self, topology: Topology, key: HostKey) -> object:
-        shard = topology.shard_for(key)
+        shard = topology.shard_for(self._tag(key))
         counts, leases, _ = self.keys(key)
         return shard.runner.run(COUNT, (counts, leases), ())
 
@@ -710,10 +746,10 @@ class RedisLimiter(Limiter):
             raise LimiterUnavailable(f"Redis unavailable: {exc}") from None
 
     def process_counts(self) -> dict[HostKey, int]:
-        return {key: n for key, n in self._local.items() if n}
+        return {key: n for key, n in self._local.items() if n and not key.startswith(SHARED)}
 
     def seen_fleet_counts(self) -> dict[HostKey, int]:
-        return dict(self._fleet_seen)
+        return {key: n for key, n in self._fleet_seen.items() if not key.startswith(SHARED)}
 
     def backend_up(self) -> bool:
         return all(shard.healthy for shard in self.topology.shards())

@@ -15,8 +15,11 @@
 -- ARGV[8]  wake channel prefix (the channel of a worker is this prefix and its id)
 -- ARGV[9]  the host key (the message of a wake-up)
 -- ARGV[10] "1" if this ticket is its worker's last waiter for the host (its waiting entry goes)
+-- KEYS[6]  shared cap counts hash, KEYS[7]  its leases zset (the hosts of a shared cap together;
+--          same hash tag as KEYS[1..5]), ARGV[11]  the shared cap's limit ("" = no shared cap)
 -- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
---          live waiters ahead of the ticket, 1 if another waiter of this worker may go now}
+--          live waiters ahead of the ticket, 1 if another waiter of this worker may go now,
+--          1 if refused by the shared cap rather than the host's own}
 --   admitted: 1, 0 (at the limit), or -1: the marker is missing or is not the epoch this
 --   worker knows, so this store lost data (restart, FLUSHALL, failover) and counts held
 --   elsewhere may be missing: nothing is admitted until holders have re-asserted them.
@@ -27,40 +30,86 @@ if not epoch then
   epoch = ARGV[6]
   redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4])
   if ARGV[5] ~= '' then
-    return {-1, 0, -1, epoch, 0, 0}
+    return {-1, 0, -1, epoch, 0, 0, 0}
   end
 elseif ARGV[5] ~= '' and epoch ~= ARGV[5] then
-  return {-1, 0, -1, epoch, 0, 0}
+  return {-1, 0, -1, epoch, 0, 0, 0}
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Read everything first, write after: a key emptied by a write must not be touched again
 -- in this script (during a Cluster resharding that is an error, "non local key").
-local fields = redis.call('HGETALL', KEYS[1])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-local dead = {}
-for _, worker in ipairs(expired) do
-  dead[worker] = true
-end
-local total, own = 0, -1
-for i = 1, #fields, 2 do
-  if not dead[fields[i]] then
-    local count = tonumber(fields[i + 1])
-    total = total + count
-    if fields[i] == ARGV[1] then
-      own = count
+-- A count is a hash (worker -> open connections) and a lease zset (worker -> expiry):
+-- its total leaves out workers whose lease expired, who are dropped below.
+local function read_count(counts, leases)
+  local fields = redis.call('HGETALL', counts)
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  local gone = {}
+  for _, worker in ipairs(expired) do
+    gone[worker] = true
+  end
+  local total, own = 0, -1
+  for i = 1, #fields, 2 do
+    if not gone[fields[i]] then
+      local count = tonumber(fields[i + 1])
+      total = total + count
+      if fields[i] == ARGV[1] then
+        own = count
+      end
     end
   end
+  return total, own, expired
 end
+local function add_one(counts, leases, own)
+  if own < 0 then
+    -- first slot of this worker here (or its lease had lapsed): a fresh count and lease, and
+    -- the keys their expiry. While it holds any, its refresh renews both every lease_ttl/3.
+    redis.call('HSET', counts, ARGV[1], 1)
+    redis.call('ZADD', leases, now + tonumber(ARGV[3]), ARGV[1])
+    redis.call('PEXPIRE', counts, ARGV[4])
+    redis.call('PEXPIRE', leases, ARGV[4])
+  else
+    redis.call('HINCRBY', counts, ARGV[1], 1)
+  end
+end
+-- Drop workers whose lease expired (killed without a goodbye): their slots come back
+-- within one lease ttl. This worker's own entry, just renewed, is not among them.
+local function drop_expired(counts, leases, expired, admitted)
+  local others = {}
+  for _, worker in ipairs(expired) do
+    if admitted == 0 or worker ~= ARGV[1] then
+      others[#others + 1] = worker
+    end
+  end
+  if #others > 0 then
+    redis.call('HDEL', counts, unpack(others))
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  end
+end
+local total, own, expired = read_count(KEYS[1], KEYS[2])
 local limit = tonumber(ARGV[2])
+-- room: slots free under the host's limit and its shared cap's (nil: no limit at all)
+local room = nil
+if limit > 0 then
+  room = limit - total
+end
+local shared = ARGV[11] ~= nil and ARGV[11] ~= ''
+local shared_total, shared_own, shared_expired = 0, -1, {}
+if shared then
+  shared_total, shared_own, shared_expired = read_count(KEYS[6], KEYS[7])
+  local free = tonumber(ARGV[11]) - shared_total
+  if room == nil or free < room then
+    room = free
+  end
+end
 local admitted = 0
 local ahead, wake_self = 0, 0
-local queued = limit > 0 and redis.call('ZCARD', KEYS[4]) > 0
+local queued = room ~= nil and redis.call('ZCARD', KEYS[4]) > 0
 local live, mine, dead = {}, nil, {}
 if queued then
   -- The head of the queue, oldest first: live waiters (their worker renewed its waiting
   -- lease) in order, and the entries of dead workers, dropped below.
-  local window = math.max(limit - total, 1) + 32
+  local window = math.max(room, 1) + 32
   local head = redis.call('ZRANGE', KEYS[4], 0, window - 1)
   local alive = {}
   for _, ticket in ipairs(head) do
@@ -78,33 +127,19 @@ if queued then
   end
   ahead = mine or #live
   if mine == nil and #head == window then
-    ahead = limit  -- more waiters than the window shows: this one is not next
+    ahead = room  -- more waiters than the window shows: this one is not next
   end
 end
-if limit == 0 or (total < limit and ahead < limit - total) then
+if room == nil or ahead < room then
   admitted = 1
-  if own < 0 then
-    -- first slot of this worker here (or its lease had lapsed): a fresh count and lease, and
-    -- the keys their expiry. While it holds any, its refresh renews both every lease_ttl/3.
-    redis.call('HSET', KEYS[1], ARGV[1], 1)
-    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-    redis.call('PEXPIRE', KEYS[1], ARGV[4])
-    redis.call('PEXPIRE', KEYS[2], ARGV[4])
-  else
-    redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+  add_one(KEYS[1], KEYS[2], own)
+  if shared then
+    add_one(KEYS[6], KEYS[7], shared_own)
   end
 end
--- Drop workers whose lease expired (killed without a goodbye): their slots come back
--- within one lease ttl. This worker's own entry, just renewed, is not among them.
-local others = {}
-for _, worker in ipairs(expired) do
-  if admitted == 0 or worker ~= ARGV[1] then
-    others[#others + 1] = worker
-  end
-end
-if #others > 0 then
-  redis.call('HDEL', KEYS[1], unpack(others))
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+drop_expired(KEYS[1], KEYS[2], expired, admitted)
+if shared then
+  drop_expired(KEYS[6], KEYS[7], shared_expired, admitted)
 end
 if queued or ARGV[7] ~= '' then
   if #dead > 0 then
@@ -124,9 +159,8 @@ if queued or ARGV[7] ~= '' then
     redis.call('PEXPIRE', KEYS[5], ARGV[4])
   end
   -- Slots still free go to the oldest live waiters: wake their workers (one message each).
-  local free = limit - total - admitted
   local woken = {}
-  for i = 1, math.min(free, #live) do
+  for i = 1, math.min((room or 0) - admitted, #live) do
     local worker = string.match(live[i], '^(.*)|')
     if worker == ARGV[1] then
       wake_self = 1
@@ -136,4 +170,8 @@ if queued or ARGV[7] ~= '' then
     end
   end
 end
-return {admitted, total + admitted, own, epoch, ahead, wake_self}
+local refused_by_shared = 0
+if admitted == 0 and shared and shared_total >= tonumber(ARGV[11]) and not (limit > 0 and total >= limit) then
+  refused_by_shared = 1
+end
+return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared}

@@ -4,8 +4,9 @@
 -- ARGV[1]  worker id
 -- ARGV[2]  the epoch this worker knows
 -- KEYS[4]  queue zset, KEYS[5]  waiting zset (as in acquire.lua)
--- ARGV[3]  wake channel prefix, ARGV[4]  the host key
+-- ARGV[3]  wake channel prefix, ARGV[4]  the waiting line (the host key, or shared:NAME)
 -- A slot given back goes to the oldest live waiter, if any: its worker is woken (PUBLISH).
+-- KEYS[6], KEYS[7]  the shared cap's counts and leases, when the host has one: given back too.
 -- Returns this worker's count after; -1 if it had none (Redis lost it: the worker should
 -- refresh its absolute counts at once); -2 if the epoch is not the one the worker knows
 -- (the store lost data: nothing is changed, the worker re-asserts).
@@ -31,18 +32,27 @@ local function wake_oldest()
     end
   end
 end
-if own > 1 then
-  local after = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-  wake_oldest()
-  return after
+-- One slot less for this worker in a count (hash + leases), deleting what it empties.
+local function take_one(counts, leases, mine)
+  if mine > 1 then
+    return redis.call('HINCRBY', counts, ARGV[1], -1)
+  end
+  -- This worker's last slot here. Whether anyone else holds is read before the write: a key
+  -- emptied by a write must not be touched again in this script (see acquire.lua).
+  if redis.call('HLEN', counts) == 1 then
+    redis.call('DEL', counts, leases)
+  else
+    redis.call('HDEL', counts, ARGV[1])
+    redis.call('ZREM', leases, ARGV[1])
+  end
+  return 0
 end
--- This worker's last slot here. Whether anyone else holds is read before the write: a key
--- emptied by a write must not be touched again in this script (see acquire.lua).
-if redis.call('HLEN', KEYS[1]) == 1 then
-  redis.call('DEL', KEYS[1], KEYS[2])
-else
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
+if KEYS[6] then
+  local shared = tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or -1)
+  if shared >= 1 then
+    take_one(KEYS[6], KEYS[7], shared)
+  end
 end
+local after = take_one(KEYS[1], KEYS[2], own)
 wake_oldest()
-return 0
+return after
