@@ -340,6 +340,8 @@ def late_release(pythonpath: str | None = None, delay: float = 1.5) -> Figures:
         with measured(upstream, figures):
             hold_tunnels(a.port, upstream.authority, 1)[0].close()  # every script used once
             upstream.wait_active(0)
+            # the upstream sees the close before A's release is answered by Redis
+            wait_until(lambda: not _worker_counts(server, fleet.prefix, upstream.authority), 5, "A's release")
             tunnels = hold_tunnels(a.port, upstream.authority, CAP)
             relay = fleet.relay(a)
             relay.blackhole()
