@@ -23,6 +23,7 @@ from .config import Config, flag, options, parse_host_limit, parse_shared_limit,
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
+from .supervisor import Supervisor, worker_identity
 from .version import __version__
 
 _INI_KEYS = {flag(spec)[2:] for spec in options()}
@@ -174,9 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return limits_main(args[1:])
     config = parse_config(args)
-    log = setup_logging(config.log_level, config.log_format)
+    identity = worker_identity()
+    if identity is None and config.worker_count > 1:
+        return _supervise(config, args)
+    name = "dprl" if identity is None else f"dprl.w{identity[0]}"
+    log = setup_logging(config.log_level, config.log_format, name)
     raise_open_files_limit(log)
-    proxy = ProxyRateLimiter(config=config, logger=log)
+    if identity is None:
+        proxy = ProxyRateLimiter(config=config, logger=log)
+    else:
+        proxy = ProxyRateLimiter(config=config, logger=log, reuse_port=True, worker_id=identity[1])
     # Handlers first: a signal that arrives as soon as "listening" is logged must find them.
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
@@ -188,6 +196,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"dprl: error: {exc.strerror}\n")
         return 2
     return 0
+
+
+def _supervise(config: Config, argv: list[str]) -> int:
+    if config.admin_port:
+        fail("admin-port with more than one worker is not supported yet (each worker would show only its own counts)")
+    log = setup_logging(config.log_level, config.log_format, "dprl.supervisor")
+    try:
+        return Supervisor(config, argv, log).run()
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _log_status(proxy: ProxyRateLimiter, log: logging.Logger) -> None:

@@ -10,6 +10,7 @@ A bad value is a ``ConfigError`` with a one-line message meant for a user.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -160,6 +161,15 @@ def _reject_status(value: int) -> int:
     return value
 
 
+def _workers(value: str) -> str:
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"must be a whole number of 1 or more, or auto; got {value!r}")
+    return text
+
+
 def _not_empty(value: str) -> str:
     if not value:
         raise ConfigError("must not be empty")
@@ -241,6 +251,13 @@ class Config:
     # listening ------------------------------------------------------------------------------
     port: int = option(8080, "port to listen on (0 picks a free one)", env="DPRL_PORT", check=_port)
     bind: str = option("0.0.0.0", "address to listen on", env="DPRL_BIND", check=_not_empty)
+    workers: str = option(
+        "1",
+        "worker processes sharing the port (auto = one per CPU); local mode shares their counts "
+        "through a private redis-server on a Unix socket",
+        env="DPRL_WORKERS",
+        check=_workers,
+    )
     max_clients: int = option(10000, "concurrent client connections", env="DPRL_MAX_CLIENTS", check=_at_least(1))
     # limits ---------------------------------------------------------------------------------
     max_connections: int = option(
@@ -495,6 +512,10 @@ class Config:
                 object.__setattr__(self, name, derive())
             except (ConfigError, ValueError) as exc:
                 raise ConfigError(_message(source, exc) if source else str(exc)) from None
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
 
     def shared_caps(self) -> list[SharedCap]:
         return [

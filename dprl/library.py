@@ -28,7 +28,7 @@ from .stats import ProxyStats
 DEFAULT_LOGGER = "dprl"
 
 
-def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Limiter:
+def make_limiter(config: Config, limits: HostLimits, log: logging.Logger, worker_id: str | None = None) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured."""
     stats = ProxyStats(config.metrics_max_hosts, pinned=limits.has_override)
     if config.redis_deployment is None:
@@ -46,6 +46,7 @@ def make_limiter(config: Config, limits: HostLimits, log: logging.Logger) -> Lim
         timeout=config.redis_timeout,
         log=log,
         stats=stats,
+        worker_id=worker_id,
     )
 
 
@@ -65,9 +66,14 @@ class ProxyRateLimiter:
         host_limits: Mapping[str, int] | None = None,
         config: Config | None = None,
         resolver: Resolver | None = None,
+        reuse_port: bool = False,
+        worker_id: str | None = None,
         **settings: object,
     ) -> None:
         """``settings`` are any other Config fields (``connect_timeout=5``...).
+
+        ``reuse_port`` and ``worker_id`` are for processes that share a port (the CLI's
+        ``--workers``): SO_REUSEPORT, and the id this worker has in Redis.
 
         ``resolver(name, port) -> [(family, sockaddr), ...]`` replaces the system resolver
         for upstream names (service discovery, or a fixed map); IP literals never use it.
@@ -84,7 +90,8 @@ class ProxyRateLimiter:
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
         self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits, self.config.shared_caps())
-        self.limiter = make_limiter(self.config, self.limits, self.log)
+        self.reuse_port = reuse_port
+        self.limiter = make_limiter(self.config, self.limits, self.log, worker_id)
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
         self.limiter.waiting.policy.max_queue = self.config.max_queue
         self._server: ProxyServer | None = None
@@ -264,7 +271,7 @@ class ProxyRateLimiter:
     # internals -------------------------------------------------------------------------
     def _build_server(self) -> None:
         c = self.config
-        server = ProxyServer(c, self.limiter, self.log, self.resolver)
+        server = ProxyServer(c, self.limiter, self.log, self.resolver, self.reuse_port)
         admin = AdminServer(server, c.admin_bind, c.admin_port, self.log) if c.admin_port else None
         if admin is not None:
             admin.start()  # first: a port that cannot be bound stops the start before any serving

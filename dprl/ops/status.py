@@ -17,10 +17,9 @@ import urllib.request
 from collections.abc import Sequence
 
 from ..errors import RedisUnavailable
-from ..redis.address import RedisDeployment
+from ..redis.cleanup import glob_escape, open_topology, scan
 from ..redis.protocol import ReplyError
 from ..redis.scripts import COUNT
-from ..redis.topology import make_topology
 
 _COUNTS_KEY = re.compile(r"^(?P<prefix>.*):\{(?P<host>.*)\}:counts$")
 
@@ -76,36 +75,22 @@ def from_admin(url: str, timeout: float) -> list[dict]:
 
 def from_redis(url: str, prefix: str, timeout: float) -> list[dict]:
     """Every host with keys under ``prefix``, with its count of live leases."""
-    deployment = RedisDeployment.from_url(url)
-    topology = make_topology(deployment, prefix, timeout, "dprl-status", lambda shard: None)
+    topology = open_topology(url, prefix, timeout, "dprl-status")
     try:
-        if topology.kind == "cluster":
-            topology.refresh()  # type: ignore[attr-defined]
-        pattern = _glob_escape(prefix) + ":{*}:counts"
         rows = []
         for shard in topology.shards():
-            cursor = b"0"
-            while True:
-                cursor, keys = shard.channel.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)  # type: ignore[misc]
-                for name in keys:
-                    match = _COUNTS_KEY.match(name.decode())
-                    if match is None or match["prefix"] != prefix:
-                        continue
-                    host = match["host"]
-                    leases = f"{prefix}:{{{host}}}:leases"
-                    total = shard.runner.run(COUNT, (name.decode(), leases), ())
-                    if total:
-                        rows.append({"host": host, "fleet_open": int(total)})  # type: ignore[call-overload]
-                if cursor in (b"0", 0):
-                    break
+            for name in scan(shard, glob_escape(prefix) + ":{*}:counts"):
+                match = _COUNTS_KEY.match(name)
+                if match is None or match["prefix"] != prefix or match["host"].startswith("shared:"):
+                    continue
+                host = match["host"]
+                total = shard.runner.run(COUNT, (name, f"{prefix}:{{{host}}}:leases"), ())
+                if total:
+                    rows.append({"host": host, "fleet_open": int(total)})  # type: ignore[call-overload]
     finally:
         topology.close()
     rows.sort(key=lambda r: (-r["fleet_open"], r["host"]))
     return rows
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def table(rows: list[dict]) -> str:

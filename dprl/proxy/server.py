@@ -12,6 +12,7 @@ import logging
 import socket
 
 import gevent
+from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -33,9 +34,16 @@ FORBIDDEN_CLIENT = (
 
 class ProxyServer(StreamServer):
     def __init__(
-        self, settings: Config, limiter: Limiter, log: logging.Logger, resolve: Resolver | None = None
+        self,
+        settings: Config,
+        limiter: Limiter,
+        log: logging.Logger,
+        resolve: Resolver | None = None,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__((settings.bind, settings.port), backlog=1024, spawn=Pool(settings.max_clients))
+        # --workers: every worker listens on the same port; the kernel spreads connections
+        self.reuse_port = reuse_port
         self.settings = settings
         self.limiter = limiter
         self.log = log
@@ -64,6 +72,19 @@ class ProxyServer(StreamServer):
         return self.context.state.stopping
 
     def init_socket(self) -> None:
+        if self.reuse_port and not hasattr(self, "socket"):
+            listener = gsocket.socket(self.family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                listener.bind(self.address)
+            except OSError:
+                listener.close()
+                raise
+            listener.listen(self.backlog)
+            listener.setblocking(False)
+            self.socket = listener
+            self.address = listener.getsockname()
         super().init_socket()
         listener = self.socket
         # Accepted sockets inherit TCP_NODELAY from the listener: one system call, not one

@@ -37,6 +37,7 @@ COUNT = Script("count")
 LEAVE = Script("leave")
 LIMITS = Script("limits")
 LIMITS_READ = Script("limits_read")
+FORGET = Script("forget")
 ALL = (ACQUIRE, RELEASE, REFRESH, COUNT, LEAVE, LIMITS_READ)
 
 

@@ -1,0 +1,267 @@
+"""``--workers N``: one supervisor, N worker processes accepting on the same port.
+
+Each worker is ``python -m dprl`` with the same options, listening with SO_REUSEPORT (the
+kernel spreads connections over the workers' sockets; the supervisor holds the port
+between restarts). The workers share their counts the way a fleet does, through Redis: the
+``--redis-url`` given, or in local mode a private ``redis-server`` the supervisor starts
+on a Unix socket, so every feature of distributed mode (leases, queues, shared caps,
+stored limits) holds across workers. Each worker has an id of the supervisor's choosing;
+when one dies, the supervisor removes its part of every count at once (not after a
+lease) and starts a new one, with a back-off. SIGTERM/SIGINT stop every worker gracefully
+(within --shutdown-timeout); SIGHUP and SIGUSR1 are passed on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Config
+from .errors import ConfigError, RedisUnavailable
+from .redis.address import RedisDeployment
+from .redis.channel import query
+from .redis.cleanup import forget_worker
+from .redis.protocol import ReplyError
+
+WORKER_ENV = "DPRL_WORKER"  # "INDEX ID": set by the supervisor in each worker's environment
+FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 0.5, 30.0, 60.0  # restart back-off, seconds
+
+
+@dataclass
+class Worker:
+    index: int
+    generation: int = 0
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    delay: float = FIRST_DELAY
+    restart_at: float = 0.0
+    worker_id: str = ""
+
+
+class Supervisor:
+    def __init__(self, config: Config, argv: Sequence[str], log: logging.Logger) -> None:
+        self.config = config
+        self.argv = list(argv)
+        self.log = log
+        self.count = config.worker_count
+        self.workers = [Worker(i) for i in range(self.count)]
+        self.stopping = False
+        self._wake = threading.Event()
+        self._redis: subprocess.Popen | None = None
+        self._tmp = ""
+        self.redis_url = config.effective_redis_url
+        self.port = config.port
+        self._port_holder: socket.socket | None = None
+
+    # lifecycle -------------------------------------------------------------------------
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        for signum in (signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(signum, self._forward)
+        signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
+        try:
+            self._hold_port()
+            if not self.redis_url:
+                self._start_redis()
+            for worker in self.workers:
+                self._spawn(worker)
+            self._wait_listening()
+            where = "Redis at " + self.redis_url if self.config.effective_redis_url else "a private redis-server"
+            self.log.info(
+                "dprl supervisor listening on %s:%d with %d workers; counts shared through %s",
+                self.config.bind,
+                self.port,
+                self.count,
+                where,
+            )
+            while not (self.stopping and not self._running()):
+                self._wake.wait(0.5)
+                self._wake.clear()
+                self._reap()
+                self._restart_due()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.log.info("received %s: stopping %d workers", signal.Signals(signum).name, self.count)
+            self.stopping = True
+            self._deadline = time.monotonic() + self.config.shutdown_timeout + 5
+            self._signal_all(signal.SIGTERM)
+        self._wake.set()
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self._signal_all(signum)
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.send_signal(signum)
+
+    def _running(self) -> list[Worker]:
+        return [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
+
+    def _shutdown(self) -> None:
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_timeout + 5
+        for worker in self.workers:
+            if worker.proc is not None:
+                try:
+                    worker.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.log.error("worker w%d did not stop in time: killed", worker.index)
+                    worker.proc.kill()
+                    worker.proc.wait()
+        if self._redis is not None:
+            self._redis.terminate()
+            self._redis.wait(10)
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._port_holder is not None:
+            self._port_holder.close()
+        self.log.info("dprl supervisor stopped")
+
+    # the port --------------------------------------------------------------------------
+    def _hold_port(self) -> None:
+        """Bind the port with SO_REUSEPORT (not listening): picks it when --port is 0, and
+        keeps it ours while a worker restarts."""
+        family = socket.AF_INET6 if ":" in self.config.bind else socket.AF_INET
+        holder = socket.socket(family, socket.SOCK_STREAM)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            holder.bind((self.config.bind, self.config.port))
+        except OSError as exc:
+            holder.close()
+            raise ConfigError(f"cannot listen on {self.config.bind}:{self.config.port}: {exc.strerror}") from None
+        self._port_holder = holder
+        self.port = holder.getsockname()[1]
+
+    def _wait_listening(self) -> None:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.config.bind, self.config.bind)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not self._running():
+                raise ConfigError("every worker exited at start (see their errors above)")
+            with contextlib.suppress(OSError), socket.create_connection((host, self.port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise ConfigError(f"no worker listening on port {self.port} after 30 s")
+
+    # the private redis-server (local mode) ---------------------------------------------
+    def _start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError("--workers in local mode needs redis-server (apt-get install redis-server)")
+        self._tmp = tempfile.mkdtemp(prefix="dprl-workers-")
+        path = os.path.join(self._tmp, "redis.sock")
+        self._redis = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                path,
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._tmp,
+                "--logfile",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.redis_url = f"unix://{path}"
+        address = RedisDeployment.from_url(self.redis_url).template
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(RedisUnavailable, OSError):
+                if query(address, 1.0, ("PING",))[0] in (b"PONG", "PONG"):
+                    return
+            if time.monotonic() > deadline or self._redis.poll() is not None:
+                raise ConfigError("the private redis-server of --workers did not start")
+            time.sleep(0.05)
+
+    # workers ---------------------------------------------------------------------------
+    def _spawn(self, worker: Worker) -> None:
+        worker.generation += 1
+        worker.worker_id = f"{socket.gethostname()}:{os.getpid()}:w{worker.index}.{worker.generation}"
+        args = [*self.argv, "--port", str(self.port), "--workers", "1"]
+        if not self.config.effective_redis_url:
+            args += ["--redis-url", self.redis_url]
+        env = {**os.environ, WORKER_ENV: f"{worker.index} {worker.worker_id}"}
+        worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env)
+        worker.started = time.monotonic()
+        self.log.info("worker w%d started (pid %d)", worker.index, worker.proc.pid)
+
+    def _reap(self) -> None:
+        for worker in self.workers:
+            proc = worker.proc
+            if proc is None or proc.poll() is None:
+                continue
+            worker.proc = None
+            if self.stopping:
+                continue
+            forgotten = self._forget(worker)
+            if time.monotonic() - worker.started > HEALTHY_AFTER:
+                worker.delay = FIRST_DELAY
+            worker.restart_at = time.monotonic() + worker.delay
+            self.log.error(
+                "worker w%d (pid %d) exited with %s; its %d slot(s) given back; restarting in %.1fs",
+                worker.index,
+                proc.pid,
+                _exit_status(proc.returncode),
+                forgotten,
+                worker.delay,
+            )
+            worker.delay = min(MAX_DELAY, worker.delay * 2)
+        if self._redis is not None and self._redis.poll() is not None and not self.stopping:
+            self.log.error("the private redis-server exited: starting it again (workers re-assert their counts)")
+            self._start_redis()
+
+    def _forget(self, worker: Worker) -> int:
+        try:
+            return forget_worker(self.redis_url, self.config.redis_prefix, worker.worker_id, self.config.redis_timeout)
+        except (RedisUnavailable, ReplyError, OSError) as exc:
+            self.log.error("could not remove worker w%d's counts (they expire with its lease): %s", worker.index, exc)
+            return 0
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.proc is None and not self.stopping and now >= worker.restart_at:
+                self._spawn(worker)
+        if self.stopping and self._running() and now > getattr(self, "_deadline", now + 1):
+            self._signal_all(signal.SIGKILL)
+
+
+def _exit_status(code: int) -> str:
+    return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+
+
+def worker_identity() -> tuple[int, str] | None:
+    """(index, Redis worker id) when this process is a supervised worker."""
+    value = os.environ.get(WORKER_ENV)
+    if not value:
+        return None
+    index, worker_id = value.split(" ", 1)
+    return int(index), worker_id

@@ -1,0 +1,141 @@
+"""--workers N: one port, N processes, one cap (counted at a real upstream), crashes handled."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from .proxy_process import ProxyProcess
+from .redis_server import RedisServer, leftover_keys
+from .upstream import HoldingServer
+
+
+@pytest.fixture
+def holding() -> HoldingServer:
+    server = HoldingServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["local", "redis"])
+def workers(request):
+    """make(*args): a supervisor with 2 workers, in local mode or on a Redis of the test's own."""
+    started: list[ProxyProcess] = []
+    redis = RedisServer() if request.param == "redis" else None
+
+    def make(*args: str) -> ProxyProcess:
+        extra = ("--redis-url", redis.url, "--redis-prefix", "dprl_workers") if redis else ()
+        proc = ProxyProcess("--workers", "2", "--shutdown-timeout", "2", *extra, *args)
+        proc.wait_line(r"dprl supervisor listening")
+        started.append(proc)
+        return proc
+
+    make.redis = redis
+    yield make
+    for proc in started:
+        proc.stop()
+    if redis is not None:
+        try:
+            assert leftover_keys(redis.client(), "dprl_workers") == []
+        finally:
+            redis.stop()
+
+
+def connect(port: int, target: str) -> socket.socket | None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    if sock.recv(100).startswith(b"HTTP/1.1 200"):
+        return sock
+    sock.close()
+    return None
+
+
+def test_the_cap_holds_across_workers(workers, holding: HoldingServer) -> None:
+    proc = workers("--max-connections", "3", "--access-log", "true")
+    target = f"127.0.0.1:{holding.port}"
+    stop = time.monotonic() + 2.0
+    admitted = [0]
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            sock = connect(proc.port, target)
+            if sock is None:
+                time.sleep(0.01)
+                continue
+            admitted[0] += 1
+            time.sleep(0.05)
+            sock.close()
+
+    threads = [threading.Thread(target=client) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    holding.wait_active(0)
+    assert holding.max_active == 3 and admitted[0] > 30
+    served = {m for line in proc.matching("upstream close") for m in re.findall(r"dprl\.w(\d)", line)}
+    assert served == {"0", "1"}, "the kernel spreads connections over both workers"
+
+
+def test_a_killed_workers_slots_come_back_at_once(workers, holding: HoldingServer) -> None:
+    proc = workers("--max-connections", "3", "--log-level", "debug", "--lease-ttl", "15")
+    target = f"127.0.0.1:{holding.port}"
+    held = []
+    while len(held) < 3 or not proc.matching(r"dprl\.w0: upstream open"):
+        sock = connect(proc.port, target)
+        if sock is None:  # the cap is full but w0 holds none: try again with another spread
+            held.pop(0).close()
+            holding.wait_active(len(held))
+            continue
+        held.append(sock)
+    pid = int(proc.wait_line(r"worker w0 started \(pid (\d+)\)")[1])
+    mark = len(proc.lines)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    proc.wait_line(r"worker w0 \(pid \d+\) exited with signal SIGKILL; its [1-3] slot\(s\) given back", start=mark)
+    survivors = []
+    for sock in held:
+        sock.settimeout(0.2)
+        try:
+            if sock.recv(1) == b"":
+                sock.close()
+                continue
+        except TimeoutError:
+            survivors.append(sock)
+            continue
+        except OSError:
+            sock.close()
+            continue
+    again = []
+    while len(survivors) + len(again) < 3:
+        assert time.monotonic() - killed < 1.0, "the dead worker's slots are not back within 1 s"
+        sock = connect(proc.port, target)
+        if sock is not None:
+            again.append(sock)
+        else:
+            time.sleep(0.02)
+    assert connect(proc.port, target) is None  # and no more than the cap
+    assert holding.max_active <= 3
+    proc.wait_line(r"worker w0 started \(pid \d+\)", start=mark)  # a new worker serves
+    for sock in survivors + again:
+        sock.close()
+
+
+def test_graceful_stop_lets_open_tunnels_finish(workers, holding: HoldingServer) -> None:
+    proc = workers("--max-connections", "3")
+    sock = connect(proc.port, f"127.0.0.1:{holding.port}")
+    assert sock is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.wait_line(r"received SIGTERM: stopping 2 workers")
+    sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        sock.recv(1)  # still open while the workers drain
+    sock.close()
+    assert proc.proc.wait(10) == 0
+    assert proc.matching("dprl supervisor stopped")
