@@ -23,7 +23,7 @@ from .config import Config, flag, options, parse_host_limit, parse_shared_limit,
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
-from .supervisor import Supervisor, worker_identity
+from .supervisor import Supervisor, tell_ready, worker_identity
 from .version import __version__
 
 _INI_KEYS = {flag(spec)[2:] for spec in options()}
@@ -191,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGUSR1, _log_status, proxy, log)
     gevent.signal_handler(signal.SIGHUP, _reload, proxy, log, args)
     try:
+        if identity is not None:
+            proxy.listen()
+            tell_ready(identity[2])
         proxy.serve_forever()
     except ListenError as exc:
         sys.stderr.write(f"dprl: error: {exc.strerror}\n")
@@ -199,8 +202,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _supervise(config: Config, argv: list[str]) -> int:
-    if config.admin_port:
-        fail("admin-port with more than one worker is not supported yet (each worker would show only its own counts)")
     log = setup_logging(config.log_level, config.log_format, "dprl.supervisor")
     try:
         return Supervisor(config, argv, log).run()

@@ -238,6 +238,11 @@ class ProxyRateLimiter:
             raise error
         return self
 
+    def listen(self) -> None:
+        """Open the listening socket (and the admin one) now; ``serve_forever`` then serves."""
+        if self._server is None:
+            self._build_server()
+
     def serve_forever(self) -> None:
         """Serve in this thread until ``stop()`` (the reference's ListenAndServe)."""
         if self._server is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .errors import ConfigError, RedisUnavailable
+from .ops.machine import MachineAdmin
 from .redis.address import RedisDeployment
 from .redis.channel import query
 from .redis.cleanup import forget_worker
@@ -47,6 +49,9 @@ class Worker:
     delay: float = FIRST_DELAY
     restart_at: float = 0.0
     worker_id: str = ""
+    admin_url: str = ""  # its private admin listener (when the supervisor serves --admin-port)
+    ready_pipe: int = -1  # the worker writes one byte there once it listens
+    ready: bool = False
 
 
 class Supervisor:
@@ -63,6 +68,7 @@ class Supervisor:
         self.redis_url = config.effective_redis_url
         self.port = config.port
         self._port_holder: socket.socket | None = None
+        self.admin: MachineAdmin | None = None
 
     # lifecycle -------------------------------------------------------------------------
     def run(self) -> int:
@@ -75,6 +81,8 @@ class Supervisor:
             self._hold_port()
             if not self.redis_url:
                 self._start_redis()
+            if self.config.admin_port:
+                self._start_admin()
             for worker in self.workers:
                 self._spawn(worker)
             self._wait_listening()
@@ -126,6 +134,8 @@ class Supervisor:
                     self.log.error("worker w%d did not stop in time: killed", worker.index)
                     worker.proc.kill()
                     worker.proc.wait()
+        if self.admin is not None:
+            self.admin.stop()
         if self._redis is not None:
             self._redis.terminate()
             self._redis.wait(10)
@@ -152,15 +162,17 @@ class Supervisor:
         self.port = holder.getsockname()[1]
 
     def _wait_listening(self) -> None:
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.config.bind, self.config.bind)
+        """Until every worker listens (each writes a byte on its ready pipe then)."""
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not self._running():
-                raise ConfigError("every worker exited at start (see their errors above)")
-            with contextlib.suppress(OSError), socket.create_connection((host, self.port), timeout=0.5):
-                return
-            time.sleep(0.05)
-        raise ConfigError(f"no worker listening on port {self.port} after 30 s")
+        for worker in self.workers:
+            while not worker.ready:
+                if worker.proc is None or worker.proc.poll() is not None:
+                    raise ConfigError(f"worker w{worker.index} exited at start (see its error above)")
+                if time.monotonic() > deadline:
+                    raise ConfigError(f"worker w{worker.index} not listening on port {self.port} after 30 s")
+                readable, _, _ = select.select([worker.ready_pipe], [], [], 0.1)
+                if readable:
+                    worker.ready = bool(os.read(worker.ready_pipe, 1))
 
     # the private redis-server (local mode) ---------------------------------------------
     def _start_redis(self) -> None:
@@ -206,12 +218,36 @@ class Supervisor:
         worker.generation += 1
         worker.worker_id = f"{socket.gethostname()}:{os.getpid()}:w{worker.index}.{worker.generation}"
         args = [*self.argv, "--port", str(self.port), "--workers", "1"]
+        if self.admin is not None:  # a private listener the supervisor's asks
+            admin_port = _free_port()
+            worker.admin_url = f"http://127.0.0.1:{admin_port}"
+            args += ["--admin-port", str(admin_port), "--admin-bind", "127.0.0.1"]
         if not self.config.effective_redis_url:
             args += ["--redis-url", self.redis_url]
-        env = {**os.environ, WORKER_ENV: f"{worker.index} {worker.worker_id}"}
-        worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env)
+        if worker.ready_pipe >= 0:
+            os.close(worker.ready_pipe)
+        read_end, write_end = os.pipe()
+        worker.ready_pipe, worker.ready = read_end, False
+        env = {**os.environ, WORKER_ENV: f"{worker.index} {worker.worker_id} {write_end}"}
+        try:
+            worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
         worker.started = time.monotonic()
         self.log.info("worker w%d started (pid %d)", worker.index, worker.proc.pid)
+
+    def _start_admin(self) -> None:
+        c = self.config
+        try:
+            self.admin = MachineAdmin(
+                c.admin_bind, c.admin_port, self._admin_urls, lambda: self.stopping, c.admin_token, self.log
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on admin {c.admin_bind}:{c.admin_port}: {exc.strerror}") from None
+        self.admin.start()
+
+    def _admin_urls(self) -> list[str]:
+        return [w.admin_url for w in self._running() if w.admin_url]
 
     def _reap(self) -> None:
         for worker in self.workers:
@@ -254,14 +290,27 @@ class Supervisor:
             self._signal_all(signal.SIGKILL)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _exit_status(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
 
 
-def worker_identity() -> tuple[int, str] | None:
-    """(index, Redis worker id) when this process is a supervised worker."""
+def worker_identity() -> tuple[int, str, int] | None:
+    """(index, Redis worker id, ready pipe) when this process is a supervised worker."""
     value = os.environ.get(WORKER_ENV)
     if not value:
         return None
-    index, worker_id = value.split(" ", 1)
-    return int(index), worker_id
+    index, worker_id, ready = value.split(" ")
+    return int(index), worker_id, int(ready)
+
+
+def tell_ready(fd: int) -> None:
+    """A worker listens: tell the supervisor (once)."""
+    with contextlib.suppress(OSError):
+        os.write(fd, b"1")
+        os.close(fd)

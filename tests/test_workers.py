@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from .conftest import wait_for
 from .proxy_process import ProxyProcess
 from .redis_server import RedisServer, leftover_keys
 from .upstream import HoldingServer
@@ -41,14 +42,17 @@ def workers(request):
     for proc in started:
         proc.stop()
     if redis is not None:
-        try:
-            assert leftover_keys(redis.client(), "dprl_workers") == []
+        try:  # the stored limits stay: they are configuration
+            assert [k for k in leftover_keys(redis.client(), "dprl_workers") if b"{limits}" not in k] == []
         finally:
             redis.stop()
 
 
 def connect(port: int, target: str) -> socket.socket | None:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except ConnectionRefusedError:  # a SYN that met a worker's socket as it died
+        return None
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     if sock.recv(100).startswith(b"HTTP/1.1 200"):
         return sock
@@ -139,3 +143,41 @@ def test_graceful_stop_lets_open_tunnels_finish(workers, holding: HoldingServer)
     sock.close()
     assert proc.proc.wait(10) == 0
     assert proc.matching("dprl supervisor stopped")
+
+
+def test_the_admin_listener_shows_the_whole_machine(workers, holding: HoldingServer) -> None:
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .redis_server import free_port
+
+    admin = f"http://127.0.0.1:{free_port()}"
+    proc = workers("--max-connections", "10", "--admin-port", admin.rsplit(":", 1)[1], "--log-level", "debug")
+    target = f"127.0.0.1:{holding.port}"
+    held = []
+    while len(held) < 4 or len({m for line in proc.matching("upstream open") for m in re.findall(r"w(\d):", line)}) < 2:
+        sock = connect(proc.port, target)
+        assert sock is not None, "both workers should have served by the 10th"
+        held.append(sock)
+        wait_for(lambda: len(proc.matching("upstream open")) >= len(held), what="the worker's log line")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(requests.get(f"{admin}/metrics", timeout=10).text)
+        for s in family.samples
+    }
+    assert samples[("dprl_upstream_connections", (("host", target),))] == len(held)  # summed over workers
+    assert samples[("dprl_upstream_connections_limit", (("host", target),))] == 10  # the same everywhere
+    assert samples[("dprl_upstream_connections_opened_total", (("host", target),))] == len(held)
+    hosts = requests.get(f"{admin}/hosts", timeout=10).json()["hosts"]
+    assert [(r["host"], r["open"], r["limit"]) for r in hosts] == [(target, len(held), 10)]
+    assert requests.get(f"{admin}/readyz", timeout=10).text == "ready\n"
+    assert requests.get(f"{admin}/healthz", timeout=10).status_code == 200
+    assert requests.put(f"{admin}/limits/{target}", data="2", timeout=10).status_code == 200
+    for sock in held:
+        sock.close()
+    holding.wait_active(0)
+    two = [connect(proc.port, target) for _ in range(3)]
+    assert sum(s is not None for s in two) == 2  # the limit set through the supervisor holds for all
+    for sock in two:
+        if sock is not None:
+            sock.close()

@@ -65,7 +65,7 @@ from .wakeups import Subscriber
 LIMITS_TAG = "limits"  # the hash tag of the stored limits (stored_limits.TAG)
 
 RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for this long between probes
-MAX_REDIRECTS = 5  # MOVED / ASK / TRYAGAIN followed per call (a resharding moves a slot once)
+MAX_REDIRECTS = 16  # MOVED / ASK followed per call (a slot being migrated can send a call back and forth)
 _FAILURES = (RedisUnavailable, ReplyError)
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN")
 _QUEUED = (ACQUIRE, RELEASE)  # scripts that also see the host's queue (KEYS[4], KEYS[5])
@@ -138,6 +138,7 @@ class RedisLimiter(Limiter):
         self.leases = LeaseBook(lease_ttl, self._lease_margin, self._held_on)
         self._touched: set[HostKey] = set()  # keys to refresh even at count 0 (clears leftovers)
         self._refresh_now = gevent.event.Event()
+        self._queue_skipped = False  # the last call left the queue's keys out (see _run)
         self._tickets = 0  # waiters' tickets so far ("worker|sequence": arrival order within this worker)
         self._lost_tickets: dict[str, HostKey] = {}  # tickets Redis could not be told to drop yet
         self._wake_prefix = f"{prefix}:wake:"
@@ -321,6 +322,8 @@ class RedisLimiter(Limiter):
             self.leases.created(shard, key, sent_at)
         else:
             self.leases.admitted(key, sent_at)
+        if waiter is not None and self._queue_skipped:  # its ticket is still queued: give it up
+            gevent.spawn(self._leave_queue, key, waiter.ticket)
         slot = Slot(key, self._release, shared=True)
         if self.wait_replicas:
             self._wait_for_replicas(shard, slot)
@@ -419,10 +422,16 @@ class RedisLimiter(Limiter):
         deadline = time.monotonic() + self.timeout
         asking = False
         redirects = 0
+        # While a Cluster slot migrates, a call naming a key that does not exist (a host's
+        # queue, almost always) gets TRYAGAIN until the migration ends: after the first one
+        # the queue's keys are left out (the cap still holds; arrival order may not, for
+        # that moment, and waiters fall back on their poll).
+        bare = False
         while True:
             if redirect is not None:
                 try:
                     if redirect.code == "TRYAGAIN":
+                        bare = True
                         if time.monotonic() + 0.02 >= deadline:
                             raise KeyUnavailable(f"the Cluster slot of {key} is being migrated (TRYAGAIN)")
                         gevent.sleep(0.01)
@@ -441,8 +450,11 @@ class RedisLimiter(Limiter):
             started = time.monotonic()
             try:
                 keys = self._script_keys(script, key)
+                if bare and len(keys) == 5:
+                    keys = keys[:3]
                 reply = shard.runner.run(script, keys, args, before_send, on_reply, deadline, asking)
                 self.stats.redis_request(time.monotonic() - started)
+                self._queue_skipped = bare  # read by the caller before it yields
                 return shard, reply
             except _FAILURES as exc:
                 if isinstance(exc, ReplyError) and exc.code in _REDIRECTS:

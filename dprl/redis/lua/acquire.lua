@@ -104,7 +104,9 @@ if shared then
 end
 local admitted = 0
 local ahead, wake_self = 0, 0
-local queued = room ~= nil and redis.call('ZCARD', KEYS[4]) > 0
+-- KEYS[4] and KEYS[5] may be left out (a Cluster slot being migrated, see limiter.py): no queue then
+local has_queue = KEYS[4] ~= nil
+local queued = has_queue and room ~= nil and redis.call('ZCARD', KEYS[4]) > 0
 local live, mine, dead = {}, nil, {}
 if queued then
   -- The head of the queue, oldest first: live waiters (their worker renewed its waiting
@@ -141,7 +143,7 @@ drop_expired(KEYS[1], KEYS[2], expired, admitted)
 if shared then
   drop_expired(KEYS[6], KEYS[7], shared_expired, admitted)
 end
-if queued or ARGV[7] ~= '' then
+if has_queue and (queued or ARGV[7] ~= '') then
   if #dead > 0 then
     redis.call('ZREM', KEYS[4], unpack(dead))
   end

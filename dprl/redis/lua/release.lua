@@ -18,6 +18,9 @@ if own < 1 then
   return -1
 end
 local function wake_oldest()
+  if not KEYS[4] then
+    return  -- sent without the queue's keys (a Cluster slot being migrated): waiters poll
+  end
   local head = redis.call('ZRANGE', KEYS[4], 0, 31)
   if #head == 0 then
     return

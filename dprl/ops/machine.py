@@ -1,0 +1,206 @@
+"""The admin listener of a ``--workers`` supervisor: the whole machine, once.
+
+Each worker serves its own admin listener on a private loopback port; the supervisor's
+listener asks every worker and merges: counters and per-worker gauges are summed, limits
+and fleet-wide views are the same everywhere (the largest is shown), the process start
+time is the earliest. ``/readyz`` is ready when every worker is; ``/limits`` writes go to
+one worker (the workers share their counts and stored limits through Redis, so each
+change reaches all of them). A plain threaded HTTP server: the supervisor carries no
+proxy traffic, and a scrape never waits on a worker's event loop for long (2 s at most).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.parser import text_string_to_metric_families
+
+# gauges whose value is the same view in every worker: the largest is shown, not the sum
+_SAME_EVERYWHERE = (
+    "dprl_upstream_connections_limit",
+    "dprl_upstream_connections_default_limit",
+    "dprl_fleet_upstream_connections",
+    "dprl_build_info",
+)
+_EARLIEST = ("process_start_time_seconds",)
+_LOWEST = ("dprl_redis_up",)
+TIMEOUT = 2.0
+
+
+def merge_metrics(texts: Iterable[str]) -> list[Metric]:
+    """Families of several expositions merged into one (samples keyed by name and labels)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple, float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            samples = values.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                old = samples.get(key)
+                if old is None:
+                    samples[key] = sample.value
+                elif sample.name.startswith(_SAME_EVERYWHERE):
+                    samples[key] = max(old, sample.value)
+                elif sample.name in _EARLIEST or sample.name in _LOWEST:
+                    samples[key] = min(old, sample.value)
+                else:
+                    samples[key] = old + sample.value
+    out = []
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+        out.append(family)
+    return out
+
+
+def merge_hosts(documents: Iterable[dict]) -> dict:
+    """/hosts of several workers as one: per host, counts of this machine summed."""
+    merged: dict[str, dict] = {}
+    first: dict = {}
+    for document in documents:
+        first = first or document
+        for row in document["hosts"]:
+            seen = merged.get(row["host"])
+            if seen is None:
+                merged[row["host"]] = dict(row)
+                continue
+            for field in ("open", "waiting", "refused_last_minute"):
+                seen[field] = seen.get(field, 0) + row.get(field, 0)
+            for field in ("limit", "fleet_open"):
+                if field in row:
+                    seen[field] = max(seen.get(field, 0), row[field])
+    rows = sorted(merged.values(), key=lambda r: (-max(r["open"], r.get("fleet_open", 0)), r["host"]))
+    return {"mode": first.get("mode", ""), "default_limit": first.get("default_limit", 0), "hosts": rows}
+
+
+class MachineAdmin:
+    """``workers()`` gives the admin base URLs of the workers running now."""
+
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        workers: Callable[[], list[str]],
+        stopping: Callable[[], bool],
+        token: str,
+        log: logging.Logger,
+    ) -> None:
+        self.workers = workers
+        self.token = token
+        self.stopping = stopping
+        self.log = log
+        admin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                admin.answer(self, "GET")
+
+            def do_PUT(self) -> None:
+                admin.answer(self, "PUT")
+
+            def do_DELETE(self) -> None:
+                admin.answer(self, "DELETE")
+
+        self.server = ThreadingHTTPServer((bind, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="dprl-admin", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # answers ---------------------------------------------------------------------------
+    def answer(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        path = request.path.split("?", 1)[0]
+        urls = self.workers()
+        if path == "/healthz" and method == "GET":
+            status, body, kind = (200, b"ok\n", "text/plain") if urls else (503, b"no worker running\n", "text/plain")
+        elif path == "/readyz" and method == "GET":
+            status, body, kind = self._ready(urls)
+        elif path == "/metrics" and method == "GET":
+            texts = [self._fetch(url + "/metrics")[1].decode() for url in urls]
+            encoder, kind = choose_encoder(request.headers.get("Accept") or "")
+            status, body = 200, encoder(_Families(merge_metrics(texts)))
+        elif path == "/hosts" and method == "GET":
+            document = merge_hosts(json.loads(self._fetch(url + "/hosts")[1]) for url in urls)
+            status, body, kind = 200, json.dumps(document, separators=(",", ":")).encode() + b"\n", "application/json"
+        elif path.startswith("/hosts/") and method == "GET":
+            document = merge_hosts({"hosts": [json.loads(self._fetch(url + path)[1])]} for url in urls)
+            status, body, kind = 200, json.dumps(document["hosts"][0]).encode() + b"\n", "application/json"
+        elif path == "/limits" or path.startswith("/limits/"):
+            status, body, kind = self._forward(request, method, urls)
+        else:
+            status, body, kind = 404, b"not found: try /metrics, /healthz, /readyz or /hosts\n", "text/plain"
+        request.send_response(status)
+        request.send_header("Content-Type", kind)
+        request.send_header("Content-Length", str(len(body)))
+        request.send_header("Cache-Control", "no-store")
+        request.end_headers()
+        request.wfile.write(body)
+
+    def _ready(self, urls: list[str]) -> tuple[int, bytes, str]:
+        if self.stopping():
+            return 503, b"not ready: shutting down\n", "text/plain"
+        if not urls:
+            return 503, b"not ready: no worker running\n", "text/plain"
+        for url in urls:
+            status, body = self._fetch(url + "/readyz")
+            if status != 200:
+                return 503, body, "text/plain"
+        return 200, b"ready\n", "text/plain"
+
+    def _forward(self, request: BaseHTTPRequestHandler, method: str, urls: list[str]) -> tuple[int, bytes, str]:
+        """Limits: any one worker answers for all (they share their stored limits)."""
+        if not urls:
+            return 503, b"no worker running\n", "text/plain"
+        if method != "GET" and not self.token and not ipaddress.ip_address(request.client_address[0]).is_loopback:
+            return 403, b"forbidden: without --admin-token, admin writes are taken from loopback only\n", "text/plain"
+        length = int(request.headers.get("Content-Length") or 0)
+        data = request.rfile.read(length) if length else None
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        # the worker sees the supervisor's loopback address: the token check is done here
+        status, body = self._fetch(urls[0] + request.path, method, data, headers)
+        return status, body, "application/json" if body.startswith(b"{") else "text/plain"
+
+    def _fetch(
+        self, url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, data=data, method=method, headers=headers or {}), timeout=TIMEOUT
+            ) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError as exc:
+            return 503, f"worker unreachable: {exc}\n".encode()
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
