@@ -65,7 +65,7 @@ from .wakeups import Subscriber
 LIMITS_TAG = "limits"  # the hash tag of the stored limits (stored_limits.TAG)
 
 RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for this long between probes
-MAX_REDIRECTS = 16  # MOVED / ASK followed per call (a slot being migrated can send a call back and forth)
+MAX_REDIRECTS = 4  # MOVED / ASK followed at once per call; more are followed every 10 ms
 _FAILURES = (RedisUnavailable, ReplyError)
 _REDIRECTS = ("MOVED", "ASK", "TRYAGAIN")
 _QUEUED = (ACQUIRE, RELEASE)  # scripts that also see the host's queue (KEYS[4], KEYS[5])
@@ -435,8 +435,15 @@ class RedisLimiter(Limiter):
                         if time.monotonic() + 0.02 >= deadline:
                             raise KeyUnavailable(f"the Cluster slot of {key} is being migrated (TRYAGAIN)")
                         gevent.sleep(0.01)
-                    elif redirect.code in ("MOVED", "ASK") and redirects < MAX_REDIRECTS:
+                    elif redirect.code in ("MOVED", "ASK"):
+                        # Two nodes can send a call back and forth for a moment while they
+                        # agree on a slot's new owner: past a few, follow more slowly, and
+                        # only until the deadline.
                         redirects += 1
+                        if redirects > MAX_REDIRECTS:
+                            if time.monotonic() + 0.02 >= deadline:
+                                raise KeyUnavailable(f"{key}: {redirect}")
+                            gevent.sleep(0.01)
                         try:
                             shard = self.topology.redirected(redirect)
                         except RedisUnavailable as exc:
