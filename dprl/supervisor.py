@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +61,12 @@ class Supervisor:
         self.count = config.worker_count
         self.workers = [Worker(i) for i in range(self.count)]
         self.stopping = False
-        self._wake = threading.Event()
+        self._kill_at = float("inf")  # workers still running then (stopping) are killed
+        # Signal handlers wake the main loop through a pipe: a lock (threading.Event) taken in
+        # a handler can deadlock against the same lock held by the code it interrupted.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._redis: subprocess.Popen | None = None
         self._tmp = ""
         self.redis_url = config.effective_redis_url
@@ -76,7 +80,7 @@ class Supervisor:
             signal.signal(signum, self._stop)
         for signum in (signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._forward)
-        signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
+        signal.signal(signal.SIGCHLD, lambda *_: self._poke())
         try:
             self._hold_port()
             if not self.redis_url:
@@ -95,8 +99,9 @@ class Supervisor:
                 where,
             )
             while not (self.stopping and not self._running()):
-                self._wake.wait(0.5)
-                self._wake.clear()
+                select.select([self._wake_r], [], [], 0.5)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
                 self._reap()
                 self._restart_due()
         finally:
@@ -107,9 +112,13 @@ class Supervisor:
         if not self.stopping:
             self.log.info("received %s: stopping %d workers", signal.Signals(signum).name, self.count)
             self.stopping = True
-            self._deadline = time.monotonic() + self.config.shutdown_timeout + 5
+            self._kill_at = time.monotonic() + self.config.shutdown_timeout + 5
             self._signal_all(signal.SIGTERM)
-        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
 
     def _forward(self, signum: int, _frame: object) -> None:
         self._signal_all(signum)
@@ -286,7 +295,7 @@ class Supervisor:
         for worker in self.workers:
             if worker.proc is None and not self.stopping and now >= worker.restart_at:
                 self._spawn(worker)
-        if self.stopping and self._running() and now > getattr(self, "_deadline", now + 1):
+        if self.stopping and self._running() and now > self._kill_at:
             self._signal_all(signal.SIGKILL)
 
 

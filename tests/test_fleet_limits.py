@@ -76,7 +76,9 @@ def test_a_cli_change_is_enforced_by_another_worker_within_a_second(own_redis, h
         workers[0].wait_line(rf"fleet limit changed by \S+: {target}=2 \(version 1\)")
         for sock in held:
             sock.close()
-        holding.wait_active(0)
+        holding.wait_active(0)  # the upstream sees the closes before the releases reach Redis
+        counts = own_redis.client()
+        wait_for(lambda: not counts.hgetall(f"{prefix}:{{{target}}}:counts"), what="the releases in Redis")
         assert [try_connect(workers[0].port, target) for _ in range(1)] == [True]
         listed = limits_cli(own_redis, prefix, "list")
         assert listed.stdout.splitlines()[:2] == [f"{target} = 2", "default = none (each process its own)"]

@@ -98,7 +98,8 @@ def test_a_shared_cap_holds_across_its_hosts(make_proxy, holding: HoldingServer)
     holding.wait_active(4)
     assert holding.max_active == 4
     held.pop().close()  # a slot of the group comes back: any host of it may use it
-    holding.wait_active(3)
+    holding.wait_active(3)  # the upstream sees the close before the proxy gives the slot back
+    wait_for(lambda: proxy.limiter.shared_counts().get("cdn") == 2, what="the shared slot back")
     sock, head = proxy_connect(proxy, f"b.cdn.test:{port}")
     assert status(head) == 200
     held.append(sock)
@@ -142,7 +143,13 @@ def test_sighup_reloads_limits_and_keeps_them_on_a_bad_file(tmp_path: Path, hold
         for sock in socks:
             sock.close()
         holding.wait_active(0)
+        wait_for(no_slots, what="the proxy's slots given back")  # the upstream sees the close first
         return len(socks)
+
+    def no_slots() -> bool:
+        mark = len(proc.lines)
+        proc.proc.send_signal(signal.SIGUSR1)
+        return "slots-held=none" in proc.wait_line(r"status: clients=", start=mark).string
 
     try:
         assert admitted() == 1
@@ -196,6 +203,8 @@ def test_a_shared_cap_holds_across_the_fleet(redis_server, redis_prefix, holding
         assert client.exists(f"{redis_prefix}:{{shared:cdn}}:a.cdn.test:{port}:counts")
         held.pop(0).close()
         holding.wait_active(2)
+        shared = f"{redis_prefix}:{{shared:cdn}}:counts"
+        wait_for(lambda: sum(int(n) for n in client.hgetall(shared).values()) == 2, what="the release in Redis")
         sock, head = proxy_connect(two, f"c.cdn.test:{port}")
         assert status(head) == 200
         assert holding.max_active == 3

@@ -175,7 +175,8 @@ def test_the_admin_listener_shows_the_whole_machine(workers, holding: HoldingSer
     assert requests.put(f"{admin}/limits/{target}", data="2", timeout=10).status_code == 200
     for sock in held:
         sock.close()
-    holding.wait_active(0)
+    holding.wait_active(0)  # the upstream sees the closes before the workers give the slots back
+    wait_for(lambda: requests.get(f"{admin}/hosts/{target}", timeout=10).json()["open"] == 0, what="slots back")
     two = [connect(proc.port, target) for _ in range(3)]
     assert sum(s is not None for s in two) == 2  # the limit set through the supervisor holds for all
     for sock in two:

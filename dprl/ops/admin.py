@@ -133,22 +133,25 @@ class AdminServer:
         return _reply(start_response, 200, _json({"host": key, "limit": limits.limit_for(key)}), _JSON)
 
     def _write_refusal(self, environ: dict) -> str:
-        """Why this client may not change limits ("" if it may)."""
-        token = self.proxy.settings.admin_token
-        if token:
-            given = environ.get("HTTP_AUTHORIZATION", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return "admin writes need the Bearer token of --admin-token"
-            return ""
-        remote = environ.get("REMOTE_ADDR", "")
-        if remote != self.address[0] and not ipaddress.ip_address(remote.split("%")[0]).is_loopback:
-            return "without --admin-token, admin writes are taken from loopback only"
-        return ""
+        token, given = self.proxy.settings.admin_token, environ.get("HTTP_AUTHORIZATION", "")
+        return write_refusal(token, given, environ.get("REMOTE_ADDR", ""), self.address[0])
 
     def _render(self, render: Callable[[snapshot.Snapshot], tuple[bytes, str]]) -> tuple[bytes, str]:
         """Copy in the hub, render in a pool thread (the hub serves the proxy meanwhile)."""
         shot = snapshot.take(self.proxy.limiter, len(self.proxy.sessions))
         return gevent.get_hub().threadpool.apply(render, (shot,))
+
+
+def write_refusal(token: str, authorization: str, remote: str, bind: str) -> str:
+    """Why a client may not change limits ("" if it may): with --admin-token, the Bearer
+    token; without one, only from loopback (or the admin bind address itself)."""
+    if token:
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+            return "admin writes need the Bearer token of --admin-token"
+        return ""
+    if remote != bind and not ipaddress.ip_address(remote.split("%")[0]).is_loopback:
+        return "without --admin-token, admin writes are taken from loopback only"
+    return ""
 
 
 def _hosts_document(shot: snapshot.Snapshot) -> bytes:

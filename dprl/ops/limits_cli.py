@@ -18,12 +18,9 @@ from collections.abc import Sequence
 
 from ..errors import RedisUnavailable
 from ..limits.hosts import HostLimits, normalize_limit_spec
-from ..redis.address import RedisDeployment
+from ..redis.cleanup import open_topology
 from ..redis.protocol import ReplyError
-from ..redis.stored_limits import change, read
-from ..redis.topology import make_topology
-
-LIMITS_TAG = "limits"
+from ..redis.stored_limits import LIMITS_TAG, change, read
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +54,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    topology = make_topology(RedisDeployment.from_url(args.redis_url), args.redis_prefix, args.redis_timeout, "", _none)
+    topology = open_topology(args.redis_url, args.redis_prefix, args.redis_timeout, "dprl-limits")
     try:
         runner = topology.shard_for(LIMITS_TAG).runner
         prefix = args.redis_prefix
@@ -95,7 +92,3 @@ def run(args: argparse.Namespace) -> str:
         return "\n".join(lines) + f"\n(version {stored.version})"
     finally:
         topology.close()
-
-
-def _none(shard: object) -> None:
-    pass

@@ -11,7 +11,6 @@ proxy traffic, and a scrape never waits on a worker's event loop for long (2 s a
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import threading
@@ -23,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
+
+from .admin import write_refusal
 
 # gauges whose value is the same view in every worker: the largest is shown, not the sum
 _SAME_EVERYWHERE = (
@@ -175,12 +176,15 @@ class MachineAdmin:
         """Limits: any one worker answers for all (they share their stored limits)."""
         if not urls:
             return 503, b"no worker running\n", "text/plain"
-        if method != "GET" and not self.token and not ipaddress.ip_address(request.client_address[0]).is_loopback:
-            return 403, b"forbidden: without --admin-token, admin writes are taken from loopback only\n", "text/plain"
+        if method != "GET":
+            given, bind = request.headers.get("Authorization") or "", self.server.server_address[0]
+            refusal = write_refusal(self.token, given, request.client_address[0], bind)
+            if refusal:
+                return 403, f"forbidden: {refusal}\n".encode(), "text/plain"
         length = int(request.headers.get("Content-Length") or 0)
         data = request.rfile.read(length) if length else None
         headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-        # the worker sees the supervisor's loopback address: the token check is done here
+        # the worker sees the supervisor's loopback address: the header carries the token on
         status, body = self._fetch(urls[0] + request.path, method, data, headers)
         return status, body, "application/json" if body.startswith(b"{") else "text/plain"
 

@@ -58,11 +58,9 @@ from .channel import Build, Connected, OnReply
 from .leases import LeaseBook
 from .protocol import ReplyError
 from .scripts import ACQUIRE, ALL, COUNT, LEAVE, REFRESH, RELEASE, ScriptRunner, is_noscript
-from .stored_limits import LimitSync, change, limits_channel
+from .stored_limits import LIMITS_TAG, LimitSync, change, limits_channel
+from .subscriber import Subscriber
 from .topology import Shard, Topology, make_topology
-from .wakeups import Subscriber
-
-LIMITS_TAG = "limits"  # the hash tag of the stored limits (stored_limits.TAG)
 
 RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for this long between probes
 MAX_REDIRECTS = 4  # MOVED / ASK followed at once per call; more are followed every 10 ms

@@ -24,11 +24,12 @@ from ..limits.hosts import HostKey, HostLimits, normalize_limit_spec
 from .protocol import ReplyError
 from .scripts import LIMITS, LIMITS_READ, ScriptRunner
 
-TAG = "{limits}"
+LIMITS_TAG = "limits"  # the hash tag of every key of the stored limits: one Cluster slot
 
 
 def limit_keys(prefix: str) -> tuple[str, str, str]:
-    return f"{prefix}:{TAG}:hosts", f"{prefix}:{TAG}:default", f"{prefix}:{TAG}:version"
+    base = f"{prefix}:{{{LIMITS_TAG}}}"
+    return f"{base}:hosts", f"{base}:default", f"{base}:version"
 
 
 def limits_channel(prefix: str) -> str:
