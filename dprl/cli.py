@@ -178,13 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity = worker_identity()
     if identity is None and config.worker_count > 1:
         return _supervise(config, args)
-    name = "dprl" if identity is None else f"dprl.w{identity[0]}"
+    name = "dprl" if identity is None else f"dprl.w{identity.index}"
     log = setup_logging(config.log_level, config.log_format, name)
     raise_open_files_limit(log)
     if identity is None:
         proxy = ProxyRateLimiter(config=config, logger=log)
     else:
-        proxy = ProxyRateLimiter(config=config, logger=log, reuse_port=True, worker_id=identity[1])
+        proxy = ProxyRateLimiter(
+            config=config,
+            logger=log,
+            reuse_port=True,
+            worker_id=identity.worker_id,
+            machine=(identity.table_dir, identity.index) if identity.table_dir else None,
+        )
     # Handlers first: a signal that arrives as soon as "listening" is logged must find them.
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
@@ -193,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if identity is not None:
             proxy.listen()
-            tell_ready(identity[2])
+            tell_ready(identity.ready_fd)
         proxy.serve_forever()
     except ListenError as exc:
         sys.stderr.write(f"dprl: error: {exc.strerror}\n")

@@ -253,8 +253,8 @@ class Config:
     bind: str = option("0.0.0.0", "address to listen on", env="DPRL_BIND", check=_not_empty)
     workers: str = option(
         "1",
-        "worker processes sharing the port (auto = one per CPU); local mode shares their counts "
-        "through a private redis-server on a Unix socket",
+        "worker processes sharing the port (auto = one per CPU); in local mode they share one cap "
+        "per machine through shared memory",
         env="DPRL_WORKERS",
         check=_workers,
     )

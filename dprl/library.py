@@ -28,10 +28,21 @@ from .stats import ProxyStats
 DEFAULT_LOGGER = "dprl"
 
 
-def make_limiter(config: Config, limits: HostLimits, log: logging.Logger, worker_id: str | None = None) -> Limiter:
-    """The limiter the configuration asks for: in memory unless Redis is configured."""
+def make_limiter(
+    config: Config,
+    limits: HostLimits,
+    log: logging.Logger,
+    worker_id: str | None = None,
+    machine: tuple[str, int] | None = None,
+) -> Limiter:
+    """The limiter the configuration asks for: in memory unless Redis is configured;
+    ``machine`` (table directory, column): a ``--workers`` worker's share of one machine's."""
     stats = ProxyStats(config.metrics_max_hosts, pinned=limits.has_override)
     if config.redis_deployment is None:
+        if machine is not None:
+            from .limits.machine import MachineLimiter
+
+            return MachineLimiter(limits, machine[0], machine[1], stats)
         return MemoryLimiter(limits, stats)
     from .redis.limiter import RedisLimiter
 
@@ -68,12 +79,14 @@ class ProxyRateLimiter:
         resolver: Resolver | None = None,
         reuse_port: bool = False,
         worker_id: str | None = None,
+        machine: tuple[str, int] | None = None,
         **settings: object,
     ) -> None:
         """``settings`` are any other Config fields (``connect_timeout=5``...).
 
-        ``reuse_port`` and ``worker_id`` are for processes that share a port (the CLI's
-        ``--workers``): SO_REUSEPORT, and the id this worker has in Redis.
+        ``reuse_port``, ``worker_id`` and ``machine`` are for processes that share a port
+        (the CLI's ``--workers``): SO_REUSEPORT, the id this worker has in Redis, and in
+        local mode (directory of the machine's slot table, this worker's column).
 
         ``resolver(name, port) -> [(family, sockaddr), ...]`` replaces the system resolver
         for upstream names (service discovery, or a fixed map); IP literals never use it.
@@ -91,7 +104,7 @@ class ProxyRateLimiter:
         self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits, self.config.shared_caps())
         self.reuse_port = reuse_port
-        self.limiter = make_limiter(self.config, self.limits, self.log, worker_id)
+        self.limiter = make_limiter(self.config, self.limits, self.log, worker_id, machine)
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
         self.limiter.waiting.policy.max_queue = self.config.max_queue
         self._server: ProxyServer | None = None

@@ -2,13 +2,13 @@
 
 Each worker is ``python -m dprl`` with the same options, listening with SO_REUSEPORT (the
 kernel spreads connections over the workers' sockets; the supervisor holds the port
-between restarts). The workers share their counts the way a fleet does, through Redis: the
-``--redis-url`` given, or in local mode a private ``redis-server`` the supervisor starts
-on a Unix socket, so every feature of distributed mode (leases, queues, shared caps,
-stored limits) holds across workers. Each worker has an id of the supervisor's choosing;
-when one dies, the supervisor removes its part of every count at once (not after a
-lease) and starts a new one, with a back-off. SIGTERM/SIGINT stop every worker gracefully
-(within --shutdown-timeout); SIGHUP and SIGUSR1 are passed on.
+between restarts). In local mode the workers share one slot table in shared memory
+(``limits/slot_table.py``: one cap per machine, waiters served oldest first across
+workers); with ``--redis-url`` each worker is a member of the fleet with its own id. When
+a worker dies the supervisor gives its slots back at once (its column of the table, or
+its part of every Redis count, not after a lease) and starts a new one, with a back-off.
+SIGTERM/SIGINT stop every worker gracefully (within --shutdown-timeout); SIGHUP and
+SIGUSR1 are passed on.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from dataclasses import dataclass
 
 from .config import Config
 from .errors import ConfigError, RedisUnavailable
+from .limits.machine import TABLE, wake_all
+from .limits.slot_table import SlotTable
 from .ops.machine import MachineAdmin
-from .redis.address import RedisDeployment
-from .redis.channel import query
 from .redis.cleanup import forget_worker
 from .redis.protocol import ReplyError
 
-WORKER_ENV = "DPRL_WORKER"  # "INDEX ID": set by the supervisor in each worker's environment
+# "INDEX ID READY_FD [TABLE_DIR]": set by the supervisor in each worker's environment
+WORKER_ENV = "DPRL_WORKER"
 FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 0.5, 30.0, 60.0  # restart back-off, seconds
 
 
@@ -67,8 +68,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._redis: subprocess.Popen | None = None
         self._tmp = ""
+        self.table: SlotTable | None = None  # local mode: the machine's counts
         self.redis_url = config.effective_redis_url
         self.port = config.port
         self._port_holder: socket.socket | None = None
@@ -84,13 +85,13 @@ class Supervisor:
         try:
             self._hold_port()
             if not self.redis_url:
-                self._start_redis()
+                self._make_table()
             if self.config.admin_port:
                 self._start_admin()
             for worker in self.workers:
                 self._spawn(worker)
             self._wait_listening()
-            where = "Redis at " + self.redis_url if self.config.effective_redis_url else "a private redis-server"
+            where = "Redis at " + self.redis_url if self.redis_url else "shared memory"
             self.log.info(
                 "dprl supervisor listening on %s:%d with %d workers; counts shared through %s",
                 self.config.bind,
@@ -99,9 +100,13 @@ class Supervisor:
                 where,
             )
             while not (self.stopping and not self._running()):
-                select.select([self._wake_r], [], [], 0.5)
+                starting = {w.ready_pipe: w for w in self._running() if not w.ready and w.ready_pipe >= 0}
+                readable, _, _ = select.select([self._wake_r, *starting], [], [], 0.5)
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
+                for fd in readable:
+                    if fd in starting:
+                        self._listening(starting[fd])
                 self._reap()
                 self._restart_due()
         finally:
@@ -145,9 +150,8 @@ class Supervisor:
                     worker.proc.wait()
         if self.admin is not None:
             self.admin.stop()
-        if self._redis is not None:
-            self._redis.terminate()
-            self._redis.wait(10)
+        if self.table is not None:
+            self.table.close()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
         if self._port_holder is not None:
@@ -183,44 +187,12 @@ class Supervisor:
                 if readable:
                     worker.ready = bool(os.read(worker.ready_pipe, 1))
 
-    # the private redis-server (local mode) ---------------------------------------------
-    def _start_redis(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise ConfigError("--workers in local mode needs redis-server (apt-get install redis-server)")
-        self._tmp = tempfile.mkdtemp(prefix="dprl-workers-")
-        path = os.path.join(self._tmp, "redis.sock")
-        self._redis = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                "0",
-                "--unixsocket",
-                path,
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._tmp,
-                "--logfile",
-                "",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.redis_url = f"unix://{path}"
-        address = RedisDeployment.from_url(self.redis_url).template
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(RedisUnavailable, OSError):
-                if query(address, 1.0, ("PING",))[0] in (b"PONG", "PONG"):
-                    return
-            if time.monotonic() > deadline or self._redis.poll() is not None:
-                raise ConfigError("the private redis-server of --workers did not start")
-            time.sleep(0.05)
+    # the slot table (local mode) --------------------------------------------------------
+    def _make_table(self) -> None:
+        """A table file on tmpfs (memory, never written to disk), and the workers' wake sockets."""
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        self._tmp = tempfile.mkdtemp(prefix="dprl-workers-", dir=shm)
+        self.table = SlotTable.create(os.path.join(self._tmp, TABLE), self.count)
 
     # workers ---------------------------------------------------------------------------
     def _spawn(self, worker: Worker) -> None:
@@ -231,13 +203,12 @@ class Supervisor:
             admin_port = _free_port()
             worker.admin_url = f"http://127.0.0.1:{admin_port}"
             args += ["--admin-port", str(admin_port), "--admin-bind", "127.0.0.1"]
-        if not self.config.effective_redis_url:
-            args += ["--redis-url", self.redis_url]
         if worker.ready_pipe >= 0:
             os.close(worker.ready_pipe)
         read_end, write_end = os.pipe()
         worker.ready_pipe, worker.ready = read_end, False
-        env = {**os.environ, WORKER_ENV: f"{worker.index} {worker.worker_id} {write_end}"}
+        seat = f"{worker.index} {worker.worker_id} {write_end}" + (f" {self._tmp}" if self.table else "")
+        env = {**os.environ, WORKER_ENV: seat}
         try:
             worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env, pass_fds=(write_end,))
         finally:
@@ -245,11 +216,23 @@ class Supervisor:
         worker.started = time.monotonic()
         self.log.info("worker w%d started (pid %d)", worker.index, worker.proc.pid)
 
+    def _listening(self, worker: Worker) -> None:
+        """A restarted worker listens: local limit changes made through the admin reach it."""
+        worker.ready = bool(os.read(worker.ready_pipe, 1))
+        if worker.ready and self.admin is not None and worker.admin_url and self.admin.journal:
+            self.admin.replay(worker.admin_url)
+
     def _start_admin(self) -> None:
         c = self.config
         try:
             self.admin = MachineAdmin(
-                c.admin_bind, c.admin_port, self._admin_urls, lambda: self.stopping, c.admin_token, self.log
+                c.admin_bind,
+                c.admin_port,
+                self._admin_urls,
+                lambda: self.stopping,
+                c.admin_token,
+                self.log,
+                local=not self.redis_url,
             )
         except OSError as exc:
             raise ConfigError(f"cannot listen on admin {c.admin_bind}:{c.admin_port}: {exc.strerror}") from None
@@ -279,11 +262,12 @@ class Supervisor:
                 worker.delay,
             )
             worker.delay = min(MAX_DELAY, worker.delay * 2)
-        if self._redis is not None and self._redis.poll() is not None and not self.stopping:
-            self.log.error("the private redis-server exited: starting it again (workers re-assert their counts)")
-            self._start_redis()
 
     def _forget(self, worker: Worker) -> int:
+        if self.table is not None:
+            given = self.table.forget(worker.index)
+            wake_all(self._tmp, self.count)  # its waiters' places are gone: others may go first now
+            return given
         try:
             return forget_worker(self.redis_url, self.config.redis_prefix, worker.worker_id, self.config.redis_timeout)
         except (RedisUnavailable, ReplyError, OSError) as exc:
@@ -309,13 +293,24 @@ def _exit_status(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
 
 
-def worker_identity() -> tuple[int, str, int] | None:
-    """(index, Redis worker id, ready pipe) when this process is a supervised worker."""
+@dataclass(frozen=True)
+class Seat:
+    """What a supervised worker is told: its column, its Redis id, where to say it listens,
+    and (local mode) the directory of the machine's slot table."""
+
+    index: int
+    worker_id: str
+    ready_fd: int
+    table_dir: str = ""
+
+
+def worker_identity() -> Seat | None:
+    """This process's seat when it is a supervised worker."""
     value = os.environ.get(WORKER_ENV)
     if not value:
         return None
-    index, worker_id, ready = value.split(" ")
-    return int(index), worker_id, int(ready)
+    index, worker_id, ready, *table_dir = value.split(" ", 3)
+    return Seat(int(index), worker_id, int(ready), *table_dir)
 
 
 def tell_ready(fd: int) -> None:

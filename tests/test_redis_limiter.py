@@ -62,8 +62,9 @@ def test_concurrent_cycles_from_several_workers_never_exceed_the_cap_and_end_at_
     make_worker, redis_server, redis_prefix
 ):
     cap = 5
-    # a short lease: refreshes (absolute counts) interleave with the acquires all along
-    workers = [make_worker(cap, lease_ttl=0.3) for _ in range(4)]
+    # a short lease: refreshes (absolute counts, every lease/3) interleave with the acquires all
+    # along; not shorter, or a slow machine running 360 greenlets lets a lease lapse
+    workers = [make_worker(cap, lease_ttl=1.0) for _ in range(4)]
     state = {"held": 0, "max": 0, "admitted": 0, "refused": 0}
     deadline = time.monotonic() + 3
 

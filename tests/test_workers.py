@@ -182,3 +182,24 @@ def test_the_admin_listener_shows_the_whole_machine(workers, holding: HoldingSer
     for sock in two:
         if sock is not None:
             sock.close()
+    if workers.redis is None:  # local mode: a restarted worker is given the change too
+        pid = int(proc.wait_line(r"worker w0 started \(pid (\d+)\)")[1])
+        mark = len(proc.lines)
+        os.kill(pid, signal.SIGKILL)
+        proc.wait_line(r"dprl\.w0: dprl listening", start=mark)
+        wait_for(lambda: len(requests.get(f"{admin}/metrics", timeout=10).text) > 0, what="the admin listener")
+        wait_for(
+            lambda: requests.get(f"{admin}/hosts/{target}", timeout=10).json()["limit"] == 2,
+            what="the limit replayed to the new worker (the largest is shown)",
+        )
+
+
+def test_waiters_are_served_in_arrival_order_across_workers(workers, holding: HoldingServer) -> None:
+    from .test_queue import arrive, inversions
+
+    proc = workers("--max-connections", "2", "--queue-timeout", "30")
+    clients = arrive(proc.port, f"127.0.0.1:{holding.port}", 24, 0.03, 0.15)
+    assert [c.status for c in clients] == [200] * 24
+    assert holding.max_active == 2
+    assert len(holding.first_bytes) == 24 and inversions(holding) <= 1  # one slot freed as two arrive
+    holding.wait_active(0)

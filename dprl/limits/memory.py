@@ -16,6 +16,7 @@ from ..errors import LimitExceeded
 from ..stats import ProxyStats
 from .hosts import SHARED, HostKey, HostLimits, SharedCap
 from .limiter import Limiter, Slot, count_down
+from .slot_table import ADMITTED, GROUP_FULL, HOST_FULL
 from .waiting import Watch
 
 
@@ -29,36 +30,49 @@ class MemoryLimiter(Limiter):
         limit = self.limits.limit_for(key)
         cap = self.limits.shared_cap_for(key)
         line = key if cap is None else SHARED + cap.name
-        if self._full(key, limit, cap) or line in self.waiting.hosts:
-            if not self.waiting.policy.timeout:
-                raise self._refusal(key, limit, cap)
-            return self._wait(key, line, limit, watch)
-        return self._take(key, cap)
+        if line not in self.waiting.hosts and self._try_take(key, limit, cap, 0) == ADMITTED:
+            return self._slot(key, cap.name if cap is not None else "")
+        if not self.waiting.policy.timeout:
+            raise self._refusal(key, limit, cap)
+        return self._wait(key, line, limit, watch)
 
-    def _full(self, key: HostKey, limit: int, cap: SharedCap | None) -> bool:
+    # the counts: what MachineLimiter keeps in shared memory instead --------------------
+    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> int:
+        """Count one slot of ``key`` (and of its shared cap) if they have room: ADMITTED,
+        or why not. ``since``: when the asking connection arrived (ns; 0 = now)."""
         if limit and self._counts.get(key, 0) >= limit:
-            return True
-        return cap is not None and self._shared.get(cap.name, 0) >= cap.limit
+            return HOST_FULL
+        if cap is not None and self._shared.get(cap.name, 0) >= cap.limit:
+            return GROUP_FULL
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if cap is not None:
+            self._shared[cap.name] = self._shared.get(cap.name, 0) + 1
+        return ADMITTED
 
+    def _uncount(self, key: HostKey, group: str) -> None:
+        count_down(self._counts, key)
+        if group:
+            count_down(self._shared, group)  # type: ignore[arg-type]
+
+    def _line_changed(self, line: str) -> None:
+        """The waiters of ``line`` in this process changed (one came, left or was admitted)."""
+
+    # ------------------------------------------------------------------------------------
     def _refusal(self, key: HostKey, limit: int, cap: SharedCap | None) -> LimitExceeded:
-        if (
-            cap is not None
-            and self._shared.get(cap.name, 0) >= cap.limit
-            and not (limit and self._counts.get(key, 0) >= limit)
-        ):
+        host_full = limit and self.fleet_count(key) >= limit
+        if cap is not None and self.shared_count(cap.name) >= cap.limit and not host_full:
             return LimitExceeded(key, cap.limit, shared=cap.name)
         return LimitExceeded(key, limit)
 
-    def _take(self, key: HostKey, cap: SharedCap | None) -> Slot:
-        self._counts[key] = self._counts.get(key, 0) + 1
-        if cap is None:
-            return Slot(key, self._release)
-        self._shared[cap.name] = self._shared.get(cap.name, 0) + 1
-        return Slot(key, functools.partial(self._release_shared, cap.name))
+    def _slot(self, key: HostKey, group: str) -> Slot:
+        if group:
+            return Slot(key, functools.partial(self._release_shared, group))
+        return Slot(key, self._release)
 
     def _wait(self, key: HostKey, line: str, limit: int, watch: Watch | None) -> Slot:
         waiter = self.waiting.enter(key, limit, line)
         deadline = waiter.arrived + self.waiting.policy.timeout
+        self._line_changed(line)
         try:
             self._hand_over(line)  # a raised limit may have room already
             if watch is None:
@@ -75,10 +89,9 @@ class MemoryLimiter(Limiter):
             raise
         finally:
             self.waiting.leave(waiter)
+            self._line_changed(line)
             self.stats.queue_waited(time.monotonic() - waiter.arrived)
-        if waiter.group:
-            return Slot(key, functools.partial(self._release_shared, waiter.group))
-        return Slot(key, self._release)
+        return self._slot(key, waiter.group)
 
     def _hand_over(self, line: str) -> None:
         """Admit the waiters of ``line`` that fit, oldest first (after a release, a raised
@@ -87,11 +100,13 @@ class MemoryLimiter(Limiter):
             if waiter.admitted:
                 continue
             cap = self.limits.shared_cap_for(waiter.key)
-            if not self._full(waiter.key, self.limits.limit_for(waiter.key), cap):
-                self._take(waiter.key, cap)
+            verdict = self._try_take(waiter.key, self.limits.limit_for(waiter.key), cap, int(waiter.arrived * 1e9))
+            if verdict == ADMITTED:
                 waiter.group = cap.name if cap is not None else ""
                 waiter.admitted = True
                 waiter.event.set()
+            elif verdict != HOST_FULL or line == waiter.key:
+                break  # nobody behind it fits either (a shared line's other hosts may)
 
     def _release(self, key: HostKey) -> None:
         self._give_back(key, "")
@@ -100,12 +115,14 @@ class MemoryLimiter(Limiter):
         self._give_back(key, group)
 
     def _give_back(self, key: HostKey, group: str) -> None:
-        count_down(self._counts, key)
-        if group:
-            count_down(self._shared, group)  # type: ignore[arg-type]
+        self._uncount(key, group)
         line = SHARED + group if group else key
         if line in self.waiting.hosts:  # in the same step: no newcomer can take the slot first
             self._hand_over(line)
+            self._line_changed(line)
+
+    def shared_count(self, name: str) -> int:
+        return self._shared.get(name, 0)
 
     def fleet_count(self, key: HostKey) -> int:
         return self._counts.get(key, 0)

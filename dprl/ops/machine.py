@@ -3,10 +3,11 @@
 Each worker serves its own admin listener on a private loopback port; the supervisor's
 listener asks every worker and merges: counters and per-worker gauges are summed, limits
 and fleet-wide views are the same everywhere (the largest is shown), the process start
-time is the earliest. ``/readyz`` is ready when every worker is; ``/limits`` writes go to
-one worker (the workers share their counts and stored limits through Redis, so each
-change reaches all of them). A plain threaded HTTP server: the supervisor carries no
-proxy traffic, and a scrape never waits on a worker's event loop for long (2 s at most).
+time is the earliest. ``/readyz`` is ready when every worker is. ``/limits`` writes go to
+one worker in distributed mode (stored in Redis, they reach every worker); in local mode
+to every worker, and the supervisor keeps them to replay to a worker that restarts.
+A plain threaded HTTP server: the supervisor carries no proxy traffic, and a scrape never
+waits on a worker's event loop for long (2 s at most).
 """
 
 from __future__ import annotations
@@ -95,8 +96,12 @@ class MachineAdmin:
         stopping: Callable[[], bool],
         token: str,
         log: logging.Logger,
+        local: bool = False,
     ) -> None:
         self.workers = workers
+        self.local = local
+        self.journal: list[tuple[str, str, bytes | None, dict]] = []  # local writes, in order
+        self._journal_lock = threading.Lock()
         self.token = token
         self.stopping = stopping
         self.log = log
@@ -173,7 +178,7 @@ class MachineAdmin:
         return 200, b"ready\n", "text/plain"
 
     def _forward(self, request: BaseHTTPRequestHandler, method: str, urls: list[str]) -> tuple[int, bytes, str]:
-        """Limits: any one worker answers for all (they share their stored limits)."""
+        """Limits: one worker answers for all; in local mode every worker takes each write."""
         if not urls:
             return 503, b"no worker running\n", "text/plain"
         if method != "GET":
@@ -185,8 +190,23 @@ class MachineAdmin:
         data = request.rfile.read(length) if length else None
         headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
         # the worker sees the supervisor's loopback address: the header carries the token on
-        status, body = self._fetch(urls[0] + request.path, method, data, headers)
+        if method == "GET" or not self.local:
+            status, body = self._fetch(urls[0] + request.path, method, data, headers)
+        else:
+            with self._journal_lock:
+                answers = [self._fetch(url + request.path, method, data, headers) for url in urls]
+                status, body = answers[0]
+                if all(200 <= code < 300 for code, _ in answers):
+                    self.journal.append((method, request.path, data, headers))
         return status, body, "application/json" if body.startswith(b"{") else "text/plain"
+
+    def replay(self, url: str) -> None:
+        """A worker that (re)started gets the limit changes made since the start, in order."""
+        with self._journal_lock:
+            for method, path, data, headers in self.journal:
+                status, body = self._fetch(url + path, method, data, headers)
+                if not 200 <= status < 300:
+                    self.log.error("replaying %s %s to %s: %d %s", method, path, url, status, body[:200])
 
     def _fetch(
         self, url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None

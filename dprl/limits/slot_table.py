@@ -1,0 +1,304 @@
+"""The slot counts of one machine's ``--workers``, in a shared-memory file every worker maps.
+
+One open-addressing hash table (linear probing, backward-shift deletion, so no tombstones
+pile up) of fixed size in a file on tmpfs, guarded by ``flock`` on that file. A lock held
+by a process that dies is dropped by the kernel with its file descriptors, so a worker
+killed inside a critical section cannot wedge the others.
+
+An entry is one waiting line: a host key, or a shared cap (``SHARED + name``). It holds
+the open connections of each worker (one column per worker: the supervisor gives a dead
+worker's column back at once) and, per worker, the arrival time of that worker's oldest
+waiter on the line (CLOCK_MONOTONIC nanoseconds, one clock for every process of the
+machine). Admission leaves room for the other workers' older waiters, so a slot freed
+anywhere goes to the oldest waiter of the machine, whichever worker holds it.
+
+No gevent here: the supervisor (plain threads) and the workers (one hub each) both use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+
+MAGIC = b"DPRLTAB1"
+_HEADER = struct.Struct("=8sIII")  # magic, capacity, workers, entry size
+_HEADER_SIZE = 64
+KEY_MAX = 266  # a host key is at most 253 + ":65535"; a shared cap's line is "shared:" + its name
+_HASH = struct.Struct("=IH")  # hash (0 = empty), key length
+_KEY_AT = _HASH.size
+_COUNTS_AT = 272  # total, then one count per worker (int32)
+_I32 = struct.Struct("=i")
+_I64 = struct.Struct("=q")
+
+ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST = 0, 1, 2, 3
+
+
+class TableFull(Exception):
+    """More distinct lines in use at once than the table has room for."""
+
+
+class SlotTable:
+    """``index`` is this process's column (a worker), or -1 (the supervisor)."""
+
+    def __init__(self, path: str, index: int = -1) -> None:
+        self.path = path
+        self.index = index
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            size = os.fstat(self._fd).st_size
+            self._map = mmap.mmap(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        magic, self.capacity, self.workers, self.entry_size = _HEADER.unpack_from(self._map, 0)
+        if magic != MAGIC:
+            raise ValueError(f"{path} is not a dprl slot table")
+        self._mask = self.capacity - 1
+        self._heads_at = _align8(_COUNTS_AT + 4 * (1 + self.workers))
+        self._heads = struct.Struct(f"={self.workers}q")  # every worker's oldest waiter on a line
+
+    @classmethod
+    def create(cls, path: str, workers: int, capacity: int = 1 << 16) -> SlotTable:
+        """A new zeroed table for ``workers`` columns (``capacity`` a power of two)."""
+        assert capacity & (capacity - 1) == 0, capacity
+        entry_size = _align8(_align8(_COUNTS_AT + 4 * (1 + workers)) + 8 * workers)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, _HEADER_SIZE + capacity * entry_size)  # sparse: pages appear as used
+            os.pwrite(fd, _HEADER.pack(MAGIC, capacity, workers, entry_size), 0)
+        finally:
+            os.close(fd)
+        return cls(path)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        _flock(self._fd, _LOCK_EX)
+        try:
+            yield
+        finally:
+            _flock(self._fd, _LOCK_UN)
+
+    # admission -------------------------------------------------------------------------
+    def take(self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0) -> int:
+        """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps
+        and the other workers' older waiters leave room: ADMITTED, or why not.
+
+        ``since``: when the connection asking arrived (monotonic ns); the waiters of other
+        workers on the line who arrived before it go first."""
+        _flock(self._fd, _LOCK_EX)
+        try:
+            host = self._find(key)
+            free = limit - self._total(host) if limit else 1 << 30
+            if free <= 0:
+                return HOST_FULL
+            line = host
+            if group:
+                line = self._find(group)
+                group_free = group_limit - self._total(line)
+                if group_free <= 0:
+                    return GROUP_FULL
+                free = min(free, group_free)
+            if line >= 0 and self._others_before(line, since) >= free:
+                return OTHERS_FIRST
+            self._add(host if host >= 0 else self._insert(key), 1)
+            if group:
+                self._add(line if line >= 0 else self._insert(group), 1)
+            return ADMITTED
+        finally:
+            _flock(self._fd, _LOCK_UN)
+
+    def give_back(self, key: str, group: str = "") -> list[int]:
+        """Return one slot of ``key`` (and ``group``); the workers with waiters on its line."""
+        _flock(self._fd, _LOCK_EX)
+        try:
+            host = self._find(key)
+            line = host
+            if host >= 0 and not self._add(host, -1) and not group and not self._heads_in_use(host):
+                self._drop(host)
+                return []
+            if group:
+                line = self._find(group)
+                if line >= 0:
+                    self._add(line, -1)
+            wake = self._waiting_workers(line) if line >= 0 else []
+            if group:
+                self._drop_if_idle(key)
+                self._drop_if_idle(group)
+            return wake
+        finally:
+            _flock(self._fd, _LOCK_UN)
+
+    def set_head(self, line: str, since: int) -> list[int]:
+        """This worker's oldest waiter on ``line`` arrived at ``since`` (0: it has none any
+        more); the other workers with waiters there (a slot may now be theirs)."""
+        with self._locked():
+            entry = self._find(line)
+            if entry < 0:
+                if not since:
+                    return []
+                entry = self._insert(line)
+            _I64.pack_into(self._map, self._head_offset(entry, self.index), since)
+            wake = self._waiting_workers(entry)
+            if not since:
+                self._drop_if_idle(line)
+            return wake
+
+    # reading ---------------------------------------------------------------------------
+    def total(self, key: str) -> int:
+        with self._locked():
+            return self._total(self._find(key))
+
+    def totals(self, column: int | None = None) -> dict[str, int]:
+        """Open connections per line: of the machine, or of one worker's ``column``."""
+        counts: dict[str, int] = {}
+        with self._locked():
+            for entry, key in self._entries():
+                at = self._counts_offset(entry) + (0 if column is None else 4 * (1 + column))
+                count = _I32.unpack_from(self._map, at)[0]
+                if count:
+                    counts[key] = count
+        return counts
+
+    # a worker gone -----------------------------------------------------------------------
+    def forget(self, column: int) -> int:
+        """Give back every slot of worker ``column`` and drop its waiters' places; how many
+        slots it held (the supervisor, when a worker exits; a worker, as it starts)."""
+        given = 0
+        with self._locked():
+            lines = []
+            for entry, key in self._entries():
+                at = self._counts_offset(entry)
+                held = _I32.unpack_from(self._map, at + 4 * (1 + column))[0]
+                if held:
+                    _I32.pack_into(self._map, at + 4 * (1 + column), 0)
+                    _I32.pack_into(self._map, at, _I32.unpack_from(self._map, at)[0] - held)
+                    if not key.startswith("shared:"):
+                        given += held
+                _I64.pack_into(self._map, self._head_offset(entry, column), 0)
+                lines.append(key)
+            for key in lines:
+                self._drop_if_idle(key)
+        return given
+
+    # the hash table --------------------------------------------------------------------
+    def _offset(self, entry: int) -> int:
+        return _HEADER_SIZE + entry * self.entry_size
+
+    def _counts_offset(self, entry: int) -> int:
+        return self._offset(entry) + _COUNTS_AT
+
+    def _head_offset(self, entry: int, column: int) -> int:
+        return self._offset(entry) + self._heads_at + 8 * column
+
+    def _find(self, key: str) -> int:
+        """The entry of ``key``, or -1."""
+        data = key.encode()
+        wanted = zlib.crc32(data) or 1
+        mask, size, table = self._mask, self.entry_size, self._map
+        entry = wanted & mask
+        for _ in range(self.capacity):
+            at = _HEADER_SIZE + entry * size
+            found, length = _HASH.unpack_from(table, at)
+            if not found:
+                return -1
+            if found == wanted and length == len(data) and table[at + _KEY_AT : at + _KEY_AT + length] == data:
+                return entry
+            entry = (entry + 1) & mask
+        return -1
+
+    def _insert(self, key: str) -> int:
+        data = key.encode()
+        if len(data) > KEY_MAX:
+            raise TableFull(f"line name longer than {KEY_MAX} bytes: {key[:40]}...")
+        wanted = _hash(data)
+        entry = wanted & self._mask
+        for _ in range(self.capacity):
+            at = self._offset(entry)
+            if not _HASH.unpack_from(self._map, at)[0]:
+                _HASH.pack_into(self._map, at, wanted, len(data))
+                self._map[at + _KEY_AT : at + _KEY_AT + len(data)] = data
+                return entry
+            entry = (entry + 1) & self._mask
+        raise TableFull(f"more than {self.capacity} hosts with connections or waiters at once")
+
+    def _entries(self) -> Iterator[tuple[int, str]]:
+        for entry in range(self.capacity):
+            at = self._offset(entry)
+            found, length = _HASH.unpack_from(self._map, at)
+            if found:
+                yield entry, self._map[at + _KEY_AT : at + _KEY_AT + length].decode()
+
+    def _total(self, entry: int) -> int:
+        return _I32.unpack_from(self._map, self._counts_offset(entry))[0] if entry >= 0 else 0
+
+    def _add(self, entry: int, delta: int) -> int:
+        """Add ``delta`` to the entry's total and this worker's count; the new total."""
+        at = _HEADER_SIZE + entry * self.entry_size + _COUNTS_AT
+        mine = at + 4 + 4 * self.index
+        total = _I32.unpack_from(self._map, at)[0] + delta
+        _I32.pack_into(self._map, at, total)
+        _I32.pack_into(self._map, mine, _I32.unpack_from(self._map, mine)[0] + delta)
+        return total
+
+    def _others_before(self, entry: int, since: int) -> int:
+        """Workers other than this one whose oldest waiter on the line came before ``since``."""
+        heads = self._heads.unpack_from(self._map, self._offset(entry) + self._heads_at)
+        me = self.index
+        return sum(1 for column, head in enumerate(heads) if head and column != me and (not since or head < since))
+
+    def _waiting_workers(self, entry: int) -> list[int]:
+        """The workers other than this one with waiters on the line."""
+        if entry < 0:
+            return []
+        heads = self._heads.unpack_from(self._map, self._offset(entry) + self._heads_at)
+        return [column for column, head in enumerate(heads) if head and column != self.index]
+
+    def _drop_if_idle(self, key: str) -> None:
+        """Remove ``key``'s entry once nobody holds or waits on it."""
+        entry = self._find(key)
+        if entry >= 0 and not self._total(entry) and not self._heads_in_use(entry):
+            self._drop(entry)
+
+    def _drop(self, entry: int) -> None:
+        """Backward-shift deletion: later entries of the probe run move up into the hole."""
+        size, mask = self.entry_size, self._mask
+        hole = entry
+        probe = entry
+        for _ in range(self.capacity - 1):  # to the end of the run (a full table: all the way round)
+            probe = (probe + 1) & mask
+            at = self._offset(probe)
+            found = _HASH.unpack_from(self._map, at)[0]
+            if not found:
+                break
+            home = found & mask
+            # the entry at probe may move into the hole unless its home lies cyclically in (hole, probe]
+            if (hole < home <= probe) if hole <= probe else (hole < home or home <= probe):
+                continue
+            hole_at = self._offset(hole)
+            self._map[hole_at : hole_at + size] = self._map[at : at + size]
+            hole = probe
+        hole_at = self._offset(hole)
+        self._map[hole_at : hole_at + size] = bytes(size)
+
+    def _heads_in_use(self, entry: int) -> bool:
+        return any(self._heads.unpack_from(self._map, self._offset(entry) + self._heads_at))
+
+
+def _hash(data: bytes) -> int:
+    return zlib.crc32(data) or 1
+
+
+_flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7

@@ -1,0 +1,132 @@
+"""The machine's slot table (``--workers`` in local mode): a real shared-memory file,
+mapped by real processes."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dprl.limits.slot_table import ADMITTED, GROUP_FULL, HOST_FULL, OTHERS_FIRST, SlotTable, TableFull
+
+
+@pytest.fixture
+def table_path(tmp_path) -> str:
+    return str(tmp_path / "slots")
+
+
+def test_counts_match_a_model_through_collisions_and_deletions(table_path: str) -> None:
+    """A 16-entry table and 12 keys: long probe runs that wrap around, entries dropped at
+    zero from their middle (backward shift), every key still found after every step."""
+    SlotTable.create(table_path, workers=2, capacity=16)
+    tables = [SlotTable(table_path, 0), SlotTable(table_path, 1)]
+    keys = [f"host{i}.example:{8000 + i}" for i in range(12)]
+    model: dict[tuple[int, str], int] = {}
+    rng = random.Random(7)
+    for _ in range(4000):
+        worker, key = rng.randrange(2), rng.choice(keys)
+        if model.get((worker, key)) and rng.random() < 0.55:
+            tables[worker].give_back(key)
+            model[(worker, key)] -= 1
+        else:
+            assert tables[worker].take(key, 0) == ADMITTED
+            model[(worker, key)] = model.get((worker, key), 0) + 1
+        for column in (0, 1):
+            expected = {k: n for (w, k), n in model.items() if w == column and n}
+            assert tables[0].totals(column) == expected
+        for key in keys:
+            assert tables[1].total(key) == model.get((0, key), 0) + model.get((1, key), 0)
+    for (worker, key), count in model.items():
+        for _ in range(count):
+            tables[worker].give_back(key)
+    assert tables[0].totals() == {}
+    assert not any(tables[0]._map[64:])  # every entry dropped: the table is all zeros again
+
+
+def test_caps_and_shared_caps(table_path: str) -> None:
+    SlotTable.create(table_path, workers=2)
+    a, b = SlotTable(table_path, 0), SlotTable(table_path, 1)
+    assert [a.take("api", 2), b.take("api", 2), a.take("api", 2)] == [ADMITTED, ADMITTED, HOST_FULL]
+    assert a.take("img1", 5, "shared:cdn", 2) == ADMITTED
+    assert b.take("img2", 5, "shared:cdn", 2) == ADMITTED
+    assert a.take("img3", 5, "shared:cdn", 2) == GROUP_FULL
+    b.give_back("img2", "shared:cdn")
+    assert a.take("img3", 5, "shared:cdn", 2) == ADMITTED
+    assert a.totals() == {"api": 2, "img1": 1, "img3": 1, "shared:cdn": 2}
+
+
+def test_older_waiters_of_other_workers_go_first(table_path: str) -> None:
+    SlotTable.create(table_path, workers=3)
+    a, b, c = (SlotTable(table_path, i) for i in range(3))
+    assert a.take("api", 1) == ADMITTED
+    assert b.set_head("api", 100) == []  # b waits since t=100
+    assert c.set_head("api", 200) == [1]  # c waits since t=200; b waits too
+    assert a.give_back("api") == [1, 2]  # both are told
+    assert c.take("api", 1, since=200) == OTHERS_FIRST  # b came first
+    assert a.take("api", 1) == OTHERS_FIRST  # so does a newcomer
+    assert b.take("api", 1, since=100) == ADMITTED
+    assert b.set_head("api", 0) == [2]
+    b.give_back("api")
+    assert c.take("api", 1, since=200) == ADMITTED
+    c.give_back("api")
+    c.set_head("api", 0)
+    assert a.totals() == {} and not any(a._map[64:])
+
+
+def test_forget_gives_a_dead_workers_slots_and_places_back(table_path: str) -> None:
+    SlotTable.create(table_path, workers=2)
+    a, b = SlotTable(table_path, 0), SlotTable(table_path, 1)
+    for _ in range(3):
+        b.take("api", 5)
+    b.take("img", 5, "shared:cdn", 5)
+    b.set_head("other", 123)
+    a.take("api", 5)
+    supervisor = SlotTable(table_path)
+    assert supervisor.forget(1) == 4  # slots of hosts; the shared cap's count goes with them
+    assert a.totals() == {"api": 1}
+    assert a.take("other", 1) == ADMITTED  # b's place in the line is gone
+
+
+def test_a_full_table_says_so(table_path: str) -> None:
+    SlotTable.create(table_path, workers=1, capacity=4)
+    table = SlotTable(table_path, 0)
+    for i in range(4):
+        table.take(f"h{i}", 1)
+    with pytest.raises(TableFull):
+        table.take("h4", 1)
+    table.give_back("h0")
+    assert table.take("h4", 1) == ADMITTED
+
+
+def test_the_cap_holds_between_processes(table_path: str) -> None:
+    """Four processes race for 3 slots of one host, 3,000 times each; each reads the
+    machine's total after every admission: it never exceeds the cap."""
+    SlotTable.create(table_path, workers=4)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from dprl.limits.slot_table import ADMITTED, SlotTable
+        table = SlotTable({table_path!r}, int(sys.argv[1]))
+        admitted = highest = 0
+        for _ in range(3000):
+            if table.take("api", 3) == ADMITTED:
+                admitted += 1
+                highest = max(highest, table.total("api"))
+                table.give_back("api")
+        print(admitted, highest)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True, env=env)
+        for i in range(4)
+    ]
+    results = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert all(admitted > 0 for admitted, _ in results)
+    assert max(highest for _, highest in results) <= 3
+    assert SlotTable(table_path).totals() == {}
