@@ -189,10 +189,21 @@ class Supervisor:
 
     # the slot table (local mode) --------------------------------------------------------
     def _make_table(self) -> None:
-        """A table file on tmpfs (memory, never written to disk), and the workers' wake sockets."""
+        """A table file on tmpfs (memory, never written to disk) if it has room, else in the
+        temporary directory; beside it, the workers' wake sockets."""
         shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self._tmp = tempfile.mkdtemp(prefix="dprl-workers-", dir=shm)
-        self.table = SlotTable.create(os.path.join(self._tmp, TABLE), self.count)
+        for where in (shm, None) if shm else (None,):
+            self._tmp = tempfile.mkdtemp(prefix="dprl-workers-", dir=where)
+            try:
+                self.table = SlotTable.create(os.path.join(self._tmp, TABLE), self.count)
+                return
+            except OSError as exc:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                if where is None:
+                    raise ConfigError(f"cannot make the workers' slot table: {exc.strerror}") from None
+                self.log.warning(
+                    "no room for the slot table in %s (%s): using %s", where, exc.strerror, tempfile.gettempdir()
+                )
 
     # workers ---------------------------------------------------------------------------
     def _spawn(self, worker: Worker) -> None:

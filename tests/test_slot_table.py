@@ -130,3 +130,18 @@ def test_the_cap_holds_between_processes(table_path: str) -> None:
     assert all(admitted > 0 for admitted, _ in results)
     assert max(highest for _, highest in results) <= 3
     assert SlotTable(table_path).totals() == {}
+
+
+def test_a_table_that_does_not_fit_is_refused_at_creation(tmp_path) -> None:
+    """Reserved up front: a tmpfs too small says so at start (the supervisor then uses the
+    temporary directory), instead of a worker dying of SIGBUS when a page cannot be had."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        with pytest.raises(OSError) as raised:
+            SlotTable.create(str(tiny / "slots"), workers=2)
+        assert raised.value.errno == 28 and os.listdir(tiny) == []  # ENOSPC, nothing left behind
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)

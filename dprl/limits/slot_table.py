@@ -69,10 +69,14 @@ class SlotTable:
         entry_size = _align8(_align8(_COUNTS_AT + 4 * (1 + workers)) + 8 * workers)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, _HEADER_SIZE + capacity * entry_size)  # sparse: pages appear as used
+            # reserved now: a tmpfs that runs out later would kill a worker with SIGBUS
+            os.posix_fallocate(fd, 0, _HEADER_SIZE + capacity * entry_size)
             os.pwrite(fd, _HEADER.pack(MAGIC, capacity, workers, entry_size), 0)
-        finally:
+        except BaseException:
             os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
         return cls(path)
 
     def close(self) -> None:
