@@ -1,0 +1,48 @@
+"""The least a gevent StreamServer CONNECT proxy can do, for `scripts/bench --figures floor`.
+
+One greenlet per client reads the head, dials, answers 200 and pipes (with dprl's own
+pipe and its socket options: TCP_NODELAY inherited from the listener, TCP_DEFER_ACCEPT),
+and nothing else: no parsing beyond the target (an IPv4 literal), no resolver, no limiter,
+no timeouts, no stats.
+Its CPU per tunnel is the floor of the shape dprl is built on (StreamServer, gevent
+sockets, a greenlet per client). Usage: floor_proxy.py PORT
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from gevent import socket as gsocket
+from gevent.server import StreamServer
+
+from dprl.net.pipe import pipe
+
+
+def handle(client: gsocket.socket, _address: tuple) -> None:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = client.recv(65536)
+        if not data:
+            return
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    host, port = head.split(b" ", 2)[1].rsplit(b":", 1)
+    upstream = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)  # an IPv4 literal: no resolver
+    upstream.connect((host.decode(), int(port)))
+    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+    try:
+        pipe(client, upstream, rest)
+    finally:
+        upstream.close()
+
+
+if __name__ == "__main__":
+    listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)  # handed over with the request
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen(4096)
+    StreamServer(listener, handle).serve_forever()
