@@ -23,7 +23,7 @@ from .config import Config, flag, options, parse_host_limit, parse_shared_limit,
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
-from .supervisor import Supervisor, tell_ready, worker_identity
+from .supervisor import Supervisor, follow_supervisor, tell_ready, worker_identity
 from .version import __version__
 
 _INI_KEYS = {flag(spec)[2:] for spec in options()}
@@ -189,13 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger=log,
             reuse_port=True,
             worker_id=identity.worker_id,
-            machine=(identity.table_dir, identity.index) if identity.table_dir else None,
+            machine=(identity.table_fd, identity.wake_prefix, identity.index) if identity.table_fd >= 0 else None,
         )
     # Handlers first: a signal that arrives as soon as "listening" is logged must find them.
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
     gevent.signal_handler(signal.SIGUSR1, _log_status, proxy, log)
     gevent.signal_handler(signal.SIGHUP, _reload, proxy, log, args)
+    if identity is not None:
+        follow_supervisor(identity)
     try:
         if identity is not None:
             proxy.listen()

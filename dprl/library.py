@@ -33,16 +33,17 @@ def make_limiter(
     limits: HostLimits,
     log: logging.Logger,
     worker_id: str | None = None,
-    machine: tuple[str, int] | None = None,
+    machine: tuple[int, str, int] | None = None,
 ) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured;
-    ``machine`` (table directory, column): a ``--workers`` worker's share of one machine's."""
+    ``machine`` (slot table descriptor, wake socket prefix, column): a ``--workers``
+    worker's share of one machine's counts."""
     stats = ProxyStats(config.metrics_max_hosts, pinned=limits.has_override)
     if config.redis_deployment is None:
         if machine is not None:
             from .limits.machine import MachineLimiter
 
-            return MachineLimiter(limits, machine[0], machine[1], stats)
+            return MachineLimiter(limits, *machine, stats=stats)
         return MemoryLimiter(limits, stats)
     from .redis.limiter import RedisLimiter
 
@@ -79,14 +80,14 @@ class ProxyRateLimiter:
         resolver: Resolver | None = None,
         reuse_port: bool = False,
         worker_id: str | None = None,
-        machine: tuple[str, int] | None = None,
+        machine: tuple[int, str, int] | None = None,
         **settings: object,
     ) -> None:
         """``settings`` are any other Config fields (``connect_timeout=5``...).
 
         ``reuse_port``, ``worker_id`` and ``machine`` are for processes that share a port
         (the CLI's ``--workers``): SO_REUSEPORT, the id this worker has in Redis, and in
-        local mode (directory of the machine's slot table, this worker's column).
+        local mode (the machine's slot table, its workers' wake sockets, this worker's column).
 
         ``resolver(name, port) -> [(family, sockaddr), ...]`` replaces the system resolver
         for upstream names (service discovery, or a fixed map); IP literals never use it.

@@ -14,29 +14,30 @@ SIGUSR1 are passed on.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import secrets
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Config
 from .errors import ConfigError, RedisUnavailable
-from .limits.machine import TABLE, wake_all
+from .limits.machine import wake_all
 from .limits.slot_table import SlotTable
 from .ops.machine import MachineAdmin
 from .redis.cleanup import forget_worker
 from .redis.protocol import ReplyError
 
-# "INDEX ID READY_FD [TABLE_DIR]": set by the supervisor in each worker's environment
+# "INDEX ID READY_FD SUPERVISOR_PID [TABLE_FD WAKE_PREFIX]": each worker's, from the supervisor
 WORKER_ENV = "DPRL_WORKER"
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 0.5, 30.0, 60.0  # restart back-off, seconds
 
 
@@ -68,8 +69,8 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._tmp = ""
         self.table: SlotTable | None = None  # local mode: the machine's counts
+        self.wake_prefix = f"dprl-{os.getpid()}-{secrets.token_hex(4)}"  # the workers' wake sockets
         self.redis_url = config.effective_redis_url
         self.port = config.port
         self._port_holder: socket.socket | None = None
@@ -152,8 +153,6 @@ class Supervisor:
             self.admin.stop()
         if self.table is not None:
             self.table.close()
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
         if self._port_holder is not None:
             self._port_holder.close()
         self.log.info("dprl supervisor stopped")
@@ -189,21 +188,10 @@ class Supervisor:
 
     # the slot table (local mode) --------------------------------------------------------
     def _make_table(self) -> None:
-        """A table file on tmpfs (memory, never written to disk) if it has room, else in the
-        temporary directory; beside it, the workers' wake sockets."""
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        for where in (shm, None) if shm else (None,):
-            self._tmp = tempfile.mkdtemp(prefix="dprl-workers-", dir=where)
-            try:
-                self.table = SlotTable.create(os.path.join(self._tmp, TABLE), self.count)
-                return
-            except OSError as exc:
-                shutil.rmtree(self._tmp, ignore_errors=True)
-                if where is None:
-                    raise ConfigError(f"cannot make the workers' slot table: {exc.strerror}") from None
-                self.log.warning(
-                    "no room for the slot table in %s (%s): using %s", where, exc.strerror, tempfile.gettempdir()
-                )
+        try:
+            self.table = SlotTable.create(self.count)
+        except OSError as exc:
+            raise ConfigError(f"cannot make the workers' slot table: {exc.strerror}") from None
 
     # workers ---------------------------------------------------------------------------
     def _spawn(self, worker: Worker) -> None:
@@ -218,10 +206,14 @@ class Supervisor:
             os.close(worker.ready_pipe)
         read_end, write_end = os.pipe()
         worker.ready_pipe, worker.ready = read_end, False
-        seat = f"{worker.index} {worker.worker_id} {write_end}" + (f" {self._tmp}" if self.table else "")
+        seat = f"{worker.index} {worker.worker_id} {write_end} {os.getpid()}"
+        fds = [write_end]
+        if self.table is not None:
+            seat += f" {self.table.shared_fd} {self.wake_prefix}"
+            fds.append(self.table.shared_fd)
         env = {**os.environ, WORKER_ENV: seat}
         try:
-            worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env, pass_fds=(write_end,))
+            worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env, pass_fds=fds)
         finally:
             os.close(write_end)
         worker.started = time.monotonic()
@@ -277,7 +269,7 @@ class Supervisor:
     def _forget(self, worker: Worker) -> int:
         if self.table is not None:
             given = self.table.forget(worker.index)
-            wake_all(self._tmp, self.count)  # its waiters' places are gone: others may go first now
+            wake_all(self.wake_prefix, self.count)  # its waiters' places are gone: others may go first now
             return given
         try:
             return forget_worker(self.redis_url, self.config.redis_prefix, worker.worker_id, self.config.redis_timeout)
@@ -307,12 +299,14 @@ def _exit_status(code: int) -> str:
 @dataclass(frozen=True)
 class Seat:
     """What a supervised worker is told: its column, its Redis id, where to say it listens,
-    and (local mode) the directory of the machine's slot table."""
+    its supervisor, and in local mode the machine's slot table and wake socket names."""
 
     index: int
     worker_id: str
     ready_fd: int
-    table_dir: str = ""
+    supervisor: int
+    table_fd: int = -1
+    wake_prefix: str = ""
 
 
 def worker_identity() -> Seat | None:
@@ -320,8 +314,18 @@ def worker_identity() -> Seat | None:
     value = os.environ.get(WORKER_ENV)
     if not value:
         return None
-    index, worker_id, ready, *table_dir = value.split(" ", 3)
-    return Seat(int(index), worker_id, int(ready), *table_dir)
+    index, worker_id, ready, supervisor, *local = value.split(" ")
+    table_fd, wake_prefix = (int(local[0]), local[1]) if local else (-1, "")
+    return Seat(int(index), worker_id, int(ready), int(supervisor), table_fd, wake_prefix)
+
+
+def follow_supervisor(seat: Seat) -> None:
+    """Get SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL: a worker
+    left behind would serve on the port with counts nobody else sees."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != seat.supervisor:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tell_ready(fd: int) -> None:

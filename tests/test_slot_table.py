@@ -1,5 +1,5 @@
-"""The machine's slot table (``--workers`` in local mode): a real shared-memory file,
-mapped by real processes."""
+"""The machine's slot table (``--workers`` in local mode): real shared memory, mapped by
+real processes."""
 
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import pytest
 from dprl.limits.slot_table import ADMITTED, GROUP_FULL, HOST_FULL, OTHERS_FIRST, SlotTable, TableFull
 
 
-@pytest.fixture
-def table_path(tmp_path) -> str:
-    return str(tmp_path / "slots")
+def handles(table: SlotTable, count: int) -> list[SlotTable]:
+    """One handle per worker column, each with its own open description (as workers have)."""
+    return [SlotTable(table.shared_fd, index) for index in range(count)]
 
 
-def test_counts_match_a_model_through_collisions_and_deletions(table_path: str) -> None:
+def test_counts_match_a_model_through_collisions_and_deletions() -> None:
     """A 16-entry table and 12 keys: long probe runs that wrap around, entries dropped at
     zero from their middle (backward shift), every key still found after every step."""
-    SlotTable.create(table_path, workers=2, capacity=16)
-    tables = [SlotTable(table_path, 0), SlotTable(table_path, 1)]
+    tables = handles(SlotTable.create(workers=2, capacity=16), 2)
     keys = [f"host{i}.example:{8000 + i}" for i in range(12)]
     model: dict[tuple[int, str], int] = {}
     rng = random.Random(7)
@@ -47,9 +46,8 @@ def test_counts_match_a_model_through_collisions_and_deletions(table_path: str) 
     assert not any(tables[0]._map[64:])  # every entry dropped: the table is all zeros again
 
 
-def test_caps_and_shared_caps(table_path: str) -> None:
-    SlotTable.create(table_path, workers=2)
-    a, b = SlotTable(table_path, 0), SlotTable(table_path, 1)
+def test_caps_and_shared_caps() -> None:
+    a, b = handles(SlotTable.create(workers=2), 2)
     assert [a.take("api", 2), b.take("api", 2), a.take("api", 2)] == [ADMITTED, ADMITTED, HOST_FULL]
     assert a.take("img1", 5, "shared:cdn", 2) == ADMITTED
     assert b.take("img2", 5, "shared:cdn", 2) == ADMITTED
@@ -59,9 +57,8 @@ def test_caps_and_shared_caps(table_path: str) -> None:
     assert a.totals() == {"api": 2, "img1": 1, "img3": 1, "shared:cdn": 2}
 
 
-def test_older_waiters_of_other_workers_go_first(table_path: str) -> None:
-    SlotTable.create(table_path, workers=3)
-    a, b, c = (SlotTable(table_path, i) for i in range(3))
+def test_older_waiters_of_other_workers_go_first() -> None:
+    a, b, c = handles(SlotTable.create(workers=3), 3)
     assert a.take("api", 1) == ADMITTED
     assert b.set_head("api", 100) == []  # b waits since t=100
     assert c.set_head("api", 200) == [1]  # c waits since t=200; b waits too
@@ -77,23 +74,21 @@ def test_older_waiters_of_other_workers_go_first(table_path: str) -> None:
     assert a.totals() == {} and not any(a._map[64:])
 
 
-def test_forget_gives_a_dead_workers_slots_and_places_back(table_path: str) -> None:
-    SlotTable.create(table_path, workers=2)
-    a, b = SlotTable(table_path, 0), SlotTable(table_path, 1)
+def test_forget_gives_a_dead_workers_slots_and_places_back() -> None:
+    supervisor = SlotTable.create(workers=2)
+    a, b = handles(supervisor, 2)
     for _ in range(3):
         b.take("api", 5)
     b.take("img", 5, "shared:cdn", 5)
     b.set_head("other", 123)
     a.take("api", 5)
-    supervisor = SlotTable(table_path)
     assert supervisor.forget(1) == 4  # slots of hosts; the shared cap's count goes with them
     assert a.totals() == {"api": 1}
     assert a.take("other", 1) == ADMITTED  # b's place in the line is gone
 
 
-def test_a_full_table_says_so(table_path: str) -> None:
-    SlotTable.create(table_path, workers=1, capacity=4)
-    table = SlotTable(table_path, 0)
+def test_a_full_table_says_so() -> None:
+    (table,) = handles(SlotTable.create(workers=1, capacity=4), 1)
     for i in range(4):
         table.take(f"h{i}", 1)
     with pytest.raises(TableFull):
@@ -102,15 +97,15 @@ def test_a_full_table_says_so(table_path: str) -> None:
     assert table.take("h4", 1) == ADMITTED
 
 
-def test_the_cap_holds_between_processes(table_path: str) -> None:
+def test_the_cap_holds_between_processes() -> None:
     """Four processes race for 3 slots of one host, 3,000 times each; each reads the
     machine's total after every admission: it never exceeds the cap."""
-    SlotTable.create(table_path, workers=4)
+    table = SlotTable.create(workers=4)
     code = textwrap.dedent(
-        f"""
+        """
         import sys
         from dprl.limits.slot_table import ADMITTED, SlotTable
-        table = SlotTable({table_path!r}, int(sys.argv[1]))
+        table = SlotTable(int(sys.argv[2]), int(sys.argv[1]))
         admitted = highest = 0
         for _ in range(3000):
             if table.take("api", 3) == ADMITTED:
@@ -122,26 +117,17 @@ def test_the_cap_holds_between_processes(table_path: str) -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     procs = [
-        subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i), str(table.shared_fd)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            pass_fds=(table.shared_fd,),
+        )
         for i in range(4)
     ]
     results = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert all(admitted > 0 for admitted, _ in results)
     assert max(highest for _, highest in results) <= 3
-    assert SlotTable(table_path).totals() == {}
-
-
-def test_a_table_that_does_not_fit_is_refused_at_creation(tmp_path) -> None:
-    """Reserved up front: a tmpfs too small says so at start (the supervisor then uses the
-    temporary directory), instead of a worker dying of SIGBUS when a page cannot be had."""
-    tiny = tmp_path / "tiny"
-    tiny.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        with pytest.raises(OSError) as raised:
-            SlotTable.create(str(tiny / "slots"), workers=2)
-        assert raised.value.errno == 28 and os.listdir(tiny) == []  # ENOSPC, nothing left behind
-    finally:
-        subprocess.run(["umount", str(tiny)], check=True)
+    assert table.totals() == {}

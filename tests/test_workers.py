@@ -203,3 +203,24 @@ def test_waiters_are_served_in_arrival_order_across_workers(workers, holding: Ho
     assert holding.max_active == 2
     assert len(holding.first_bytes) == 24 and inversions(holding) <= 1  # one slot freed as two arrive
     holding.wait_active(0)
+
+
+def test_workers_stop_when_the_supervisor_is_killed(workers, holding: HoldingServer) -> None:
+    """A worker left behind would serve the port with counts no new supervisor sees."""
+    proc = workers("--max-connections", "3")
+    pids = [int(proc.wait_line(rf"worker w{i} started \(pid (\d+)\)")[1]) for i in range(2)]
+    sock = connect(proc.port, f"127.0.0.1:{holding.port}")
+    assert sock is not None
+    proc.proc.kill()
+    proc.proc.wait(10)
+
+    def exited(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(exited(pid) for pid in pids), what="the workers gone with their supervisor")
+    holding.wait_active(0)  # the tunnel they held is closed too
+    sock.close()

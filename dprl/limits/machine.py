@@ -4,14 +4,15 @@ The rules are the in-memory limiter's; only the counts live in the machine's slo
 (``slot_table.py``), shared with the other workers, and this worker publishes there when
 its oldest waiter on each line arrived. A worker that frees a slot, or whose oldest waiter
 leaves, tells the workers with waiters on that line with one datagram to their wake socket
-(``w<index>.wake`` beside the table); they hand the slot to their oldest waiter if the
-table says it is theirs. A lost datagram costs at most one safety poll (``POLL``).
+(a Unix socket in the abstract namespace: nothing on disk to clean up); they hand the slot
+to their oldest waiter if the table says it is theirs. A lost datagram costs at most one
+safety poll (``POLL``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import socket
 
 import gevent
@@ -25,30 +26,33 @@ from .memory import MemoryLimiter
 from .slot_table import SlotTable, TableFull
 from .waiting import Watch
 
-TABLE = "slots"
 POLL = 0.1  # seconds between re-checks of the lines this worker waits on
 
 
-def wake_path(directory: str, index: int) -> str:
-    return os.path.join(directory, f"w{index}.wake")
+def wake_address(prefix: str, index: int) -> bytes:
+    """Worker ``index``'s wake socket: a name in the abstract namespace (a leading NUL)."""
+    return f"\0{prefix}-w{index}".encode()
 
 
-def wake_all(directory: str, workers: int) -> None:
+def wake_all(prefix: str, workers: int) -> None:
     """Every worker re-checks every line it waits on (a worker's slots were given back)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
         for index in range(workers):
             with contextlib.suppress(OSError):
-                sender.sendto(b"*", wake_path(directory, index))
+                sender.sendto(b"*", wake_address(prefix, index))
 
 
 class MachineLimiter(MemoryLimiter):
-    """``directory`` holds the table and the wake sockets; ``index`` is this worker's column."""
+    """``table_fd``: the slot table the supervisor passed on; ``wake_prefix`` names the
+    workers' wake sockets; ``index`` is this worker's column."""
 
-    def __init__(self, limits: HostLimits, directory: str, index: int, stats: ProxyStats | None = None) -> None:
+    def __init__(
+        self, limits: HostLimits, table_fd: int, wake_prefix: str, index: int, stats: ProxyStats | None = None
+    ) -> None:
         super().__init__(limits, stats)
-        self.directory = directory
-        self.table = SlotTable(os.path.join(directory, TABLE), index)
+        self.wake_prefix = wake_prefix
+        self.table = SlotTable(table_fd, index)
         self.table.forget(index)  # a column left by a predecessor the supervisor could not clear
         self._heads: dict[str, int] = {}  # line -> arrival (ns) of our oldest waiter, as published
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -79,11 +83,14 @@ class MachineLimiter(MemoryLimiter):
         published = self._heads.get(line, 0)
         if since == published:
             return
+        try:
+            others = self.table.set_head(line, since)
+        except TableFull:  # not published: other workers' waiters may go first meanwhile
+            return
         if since:
             self._heads[line] = since
         else:
             self._heads.pop(line, None)
-        others = self.table.set_head(line, since)
         if not since or since > published:  # ours went or is younger: theirs may come first now
             self._wake(others, line)
 
@@ -94,7 +101,7 @@ class MachineLimiter(MemoryLimiter):
     def _wake(self, workers: list[int], line: str) -> None:
         for index in workers:
             with contextlib.suppress(OSError):  # restarting, or its inbox full: its poll will see
-                self._sender.sendto(line.encode(), wake_path(self.directory, index))
+                self._sender.sendto(line.encode(), wake_address(self.wake_prefix, index))
 
     def _recheck(self, lines: list[str]) -> None:
         for line in lines:
@@ -118,11 +125,8 @@ class MachineLimiter(MemoryLimiter):
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        path = wake_path(self.directory, self.table.index)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
         inbox = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        inbox.bind(path)
+        inbox.bind(wake_address(self.wake_prefix, self.table.index))
         inbox.settimeout(POLL)
         self._inbox = inbox
         self._listener = gevent.spawn(self._listen, inbox)
@@ -133,21 +137,19 @@ class MachineLimiter(MemoryLimiter):
                 line = inbox.recv(1024).decode()
             except TimeoutError:
                 line = "*"
-            if line == "*":
-                self._recheck(list(self.waiting.hosts))
-            else:
-                self._recheck([line])
+            try:
+                self._recheck(list(self.waiting.hosts) if line == "*" else [line])
+            except Exception:  # a bug: reported, and the wake-ups go on
+                logging.getLogger("dprl").exception("re-checking the waiters of %s", line)
 
     def close(self) -> None:
         if self._listener is not None:
             self._listener.kill()
         if self._inbox is not None:
             self._inbox.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(wake_path(self.directory, self.table.index))
         self._sender.close()
         self.table.forget(self.table.index)  # normally nothing left: every path released
         self.table.close()
 
     def describe(self) -> str:
-        return f"workers={self.table.workers} slot-table={self.table.path}"
+        return f"workers={self.table.workers} slot-table=shared-memory"

@@ -1,9 +1,12 @@
-"""The slot counts of one machine's ``--workers``, in a shared-memory file every worker maps.
+"""The slot counts of one machine's ``--workers``, in shared memory every worker maps.
 
 One open-addressing hash table (linear probing, backward-shift deletion, so no tombstones
-pile up) of fixed size in a file on tmpfs, guarded by ``flock`` on that file. A lock held
-by a process that dies is dropped by the kernel with its file descriptors, so a worker
-killed inside a critical section cannot wedge the others.
+pile up) of fixed size in an anonymous memory file (``memfd_create``: no name in any file
+system, gone with the last process that has it open), guarded by ``flock``. Each process
+opens its own description of it (``/proc/self/fd/N`` of the descriptor it inherited), so
+the locks exclude each other; a lock held by a process that dies is dropped by the
+kernel with its descriptors, so a worker killed inside a critical section cannot wedge
+the others.
 
 An entry is one waiting line: a host key, or a shared cap (``SHARED + name``). It holds
 the open connections of each worker (one column per worker: the supervisor gives a dead
@@ -45,10 +48,11 @@ class TableFull(Exception):
 class SlotTable:
     """``index`` is this process's column (a worker), or -1 (the supervisor)."""
 
-    def __init__(self, path: str, index: int = -1) -> None:
-        self.path = path
+    def __init__(self, fd: int, index: int = -1) -> None:
+        """Map the table behind descriptor ``fd`` (inherited, or this process's own)."""
         self.index = index
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self.shared_fd = -1  # the creator's descriptor, passed on to the workers it starts
+        self._fd = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)  # a description of our own
         try:
             size = os.fstat(self._fd).st_size
             self._map = mmap.mmap(self._fd, size)
@@ -57,31 +61,34 @@ class SlotTable:
             raise
         magic, self.capacity, self.workers, self.entry_size = _HEADER.unpack_from(self._map, 0)
         if magic != MAGIC:
-            raise ValueError(f"{path} is not a dprl slot table")
+            raise ValueError(f"descriptor {fd} is not a dprl slot table")
         self._mask = self.capacity - 1
         self._heads_at = _align8(_COUNTS_AT + 4 * (1 + self.workers))
         self._heads = struct.Struct(f"={self.workers}q")  # every worker's oldest waiter on a line
 
     @classmethod
-    def create(cls, path: str, workers: int, capacity: int = 1 << 16) -> SlotTable:
-        """A new zeroed table for ``workers`` columns (``capacity`` a power of two)."""
+    def create(cls, workers: int, capacity: int = 1 << 16) -> SlotTable:
+        """A new zeroed table for ``workers`` columns (``capacity`` a power of two); its
+        ``shared_fd`` is what to pass to the workers (``pass_fds``)."""
         assert capacity & (capacity - 1) == 0, capacity
         entry_size = _align8(_align8(_COUNTS_AT + 4 * (1 + workers)) + 8 * workers)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.memfd_create("dprl-slots", os.MFD_CLOEXEC)
         try:
-            # reserved now: a tmpfs that runs out later would kill a worker with SIGBUS
+            # reserved now: memory that could not be had later would kill a worker with SIGBUS
             os.posix_fallocate(fd, 0, _HEADER_SIZE + capacity * entry_size)
             os.pwrite(fd, _HEADER.pack(MAGIC, capacity, workers, entry_size), 0)
+            table = cls(fd)
         except BaseException:
             os.close(fd)
-            os.unlink(path)
             raise
-        os.close(fd)
-        return cls(path)
+        table.shared_fd = fd
+        return table
 
     def close(self) -> None:
         self._map.close()
         os.close(self._fd)
+        if self.shared_fd >= 0:
+            os.close(self.shared_fd)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
