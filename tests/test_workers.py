@@ -224,3 +224,45 @@ def test_workers_stop_when_the_supervisor_is_killed(workers, holding: HoldingSer
     wait_for(lambda: all(exited(pid) for pid in pids), what="the workers gone with their supervisor")
     holding.wait_active(0)  # the tunnel they held is closed too
     sock.close()
+
+
+def test_a_shared_cap_holds_across_workers(workers) -> None:
+    """Two hosts (two upstreams) under one shared cap of 3, 20 clients spread over both
+    workers: never more than 3 open at both upstreams together (their event logs merged),
+    and every slot back at the end."""
+    first, second = HoldingServer(), HoldingServer()
+    try:
+        hosts = [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"]
+        proc = workers("--max-connections", "10", "--shared-limit", f"pair=3:{hosts[0]},{hosts[1]}")
+        stop = time.monotonic() + 1.5
+
+        def client(target: str) -> None:
+            while time.monotonic() < stop:
+                sock = connect(proc.port, target)
+                if sock is None:
+                    time.sleep(0.01)
+                    continue
+                time.sleep(0.03)
+                sock.close()
+
+        threads = [threading.Thread(target=client, args=(hosts[i % 2],)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        first.wait_active(0)
+        second.wait_active(0)
+        now = {first: 0, second: 0}
+        together = 0
+        for _, server, active in sorted(((t, srv, n) for srv in now for t, n in srv.events), key=lambda e: e[0]):
+            now[server] = active
+            together = max(together, sum(now.values()))
+        assert first.max_active and second.max_active and together == 3
+        held = [connect(proc.port, hosts[i % 2]) for i in range(4)]
+        assert sum(s is not None for s in held) == 3  # every slot came back: the cap, not less
+        for sock in held:
+            if sock is not None:
+                sock.close()
+    finally:
+        first.close()
+        second.close()
