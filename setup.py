@@ -16,12 +16,14 @@ setup(
     package_data={"dprl.redis": ["lua/*.lua"]},
     install_requires=[
         "gevent>=24.2",
-        "hiredis>=2.0",
         "configargparse>=1.7",
         "prometheus_client>=0.17",
     ],
     extras_require={
+        # Redis replies parsed in C; without it dprl's own pure-Python RESP reader is used
+        "hiredis": ["hiredis>=2.0"],
         "test": [
+            "hiredis>=2.0",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "requests>=2.31",
