@@ -30,6 +30,7 @@ setup(
             "trustme>=1.1",
             "hypothesis>=6.100",
             "h11>=0.14",
+            "dnspython>=2.4",  # GEVENT_RESOLVER=dnspython in tests/test_library_manners.py
             "redis>=5.0",
             "ruff>=0.6",
         ],
