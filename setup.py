@@ -31,6 +31,7 @@ setup(
             "hypothesis>=6.100",
             "h11>=0.14",
             "dnspython>=2.4",  # GEVENT_RESOLVER=dnspython in tests/test_library_manners.py
+            "gunicorn>=21.2",  # tests/test_gunicorn.py: embedding under gunicorn -k gevent
             "redis>=5.0",
             "ruff>=0.6",
         ],
