@@ -15,15 +15,14 @@ setup(
     packages=find_packages(include=["dprl", "dprl.*"]),
     package_data={"dprl.redis": ["lua/*.lua"]},
     install_requires=[
-        "gevent>=24.2",
-        "configargparse>=1.7",
+        "gevent>=23.9.1",
+        "configargparse>=1.5.3",
         "prometheus_client>=0.17",
     ],
     extras_require={
         # Redis replies parsed in C; without it dprl's own pure-Python RESP reader is used
         "hiredis": ["hiredis>=2.0"],
         "test": [
-            "hiredis>=2.0",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "requests>=2.31",
@@ -32,7 +31,7 @@ setup(
             "h11>=0.14",
             "dnspython>=2.4",  # GEVENT_RESOLVER=dnspython in tests/test_library_manners.py
             "gunicorn>=21.2",  # tests/test_gunicorn.py: embedding under gunicorn -k gevent
-            "redis>=5.0",
+            "redis>=4.5",
             "ruff>=0.6",
         ],
     },

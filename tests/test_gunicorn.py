@@ -101,26 +101,28 @@ def run_gunicorn(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen,
     return proc, port
 
 
-def fetch_all(port: int, count: int, upstream: CountingUpstream, held: int) -> list[tuple[int, int]]:
-    """``count`` concurrent app requests; once ``held`` are held at the upstream (the rest
-    refused by the proxies), let them finish. (worker pid, status the proxy gave) each."""
+def fetch_until_held(port: int, upstream: CountingUpstream, held: int) -> list[tuple[int, int]]:
+    """App requests one every 20 ms (a burst could all be taken by one worker's accept
+    loop) until ``held`` are held at the upstream and both workers have answered, then let
+    them finish. (worker pid, status the proxy gave) of each."""
     answers: list[tuple[int, int]] = []
+    threads = []
 
     def one() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
             pid, status = reply.read().split()
             answers.append((int(pid), int(status)))
 
-    threads = [threading.Thread(target=one) for _ in range(count)]
-    for thread in threads:
-        thread.start()
     deadline = time.monotonic() + 20
-    while len(answers) < count - held or upstream.active < held:
-        assert time.monotonic() < deadline, (len(answers), upstream.active)
-        time.sleep(0.01)
+    while upstream.active < held or len({pid for pid, _ in answers}) < 2:
+        assert time.monotonic() < deadline, (upstream.active, answers)
+        threads.append(threading.Thread(target=one))
+        threads[-1].start()
+        time.sleep(0.02)
     upstream.release()
     for thread in threads:
         thread.join(30)
+    assert len(answers) == len(threads)
     return answers
 
 
@@ -137,10 +139,10 @@ def test_the_cap_holds_across_gunicorn_workers_and_sigterm_gives_every_key_back(
         env = {"REDIS_URL": redis.url, "PREFIX": "dprl_gunicorn", "UPSTREAM": f"http://127.0.0.1:{upstream.port}"}
         proc, port = run_gunicorn(tmp_path, env)
         try:
-            answers = fetch_all(port, 20, upstream, held=2)
-            assert sorted(status for _, status in answers) == [200] * 2 + [500] * 18
+            answers = fetch_until_held(port, upstream, held=2)
+            statuses = [status for _, status in answers]
+            assert set(statuses) == {200, 500} and statuses.count(200) >= 2  # late ones after the release
             assert upstream.max_active == 2  # one cap for both workers, counted at the upstream
-            assert len({pid for pid, _ in answers}) == 2, "both gunicorn workers served"
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
@@ -152,9 +154,10 @@ def test_the_cap_holds_across_gunicorn_workers_and_sigterm_gives_every_key_back(
 def test_local_caps_are_per_gunicorn_worker(tmp_path, upstream) -> None:
     proc, port = run_gunicorn(tmp_path, {"UPSTREAM": f"http://127.0.0.1:{upstream.port}"})
     try:
-        answers = fetch_all(port, 20, upstream, held=4)
+        answers = fetch_until_held(port, upstream, held=4)
         assert upstream.max_active == 4  # 2 per worker: a local cap is one process's
-        assert sorted(status for _, status in answers) == [200] * 4 + [500] * 16
+        statuses = [status for _, status in answers]
+        assert set(statuses) <= {200, 500} and statuses.count(200) >= 4
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
