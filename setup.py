@@ -16,8 +16,8 @@ setup(
     package_data={"dprl.redis": ["lua/*.lua"]},
     install_requires=[
         "gevent>=23.9.1",
-        "configargparse>=1.5.3",
-        "prometheus_client>=0.17",
+        "configargparse>=1.0",
+        "prometheus_client>=0.9",
     ],
     extras_require={
         # Redis replies parsed in C; without it dprl's own pure-Python RESP reader is used
