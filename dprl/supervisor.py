@@ -184,7 +184,7 @@ class Supervisor:
                     raise ConfigError(f"worker w{worker.index} not listening on port {self.port} after 30 s")
                 readable, _, _ = select.select([worker.ready_pipe], [], [], 0.1)
                 if readable:
-                    worker.ready = bool(os.read(worker.ready_pipe, 1))
+                    self._listening(worker)
 
     # the slot table (local mode) --------------------------------------------------------
     def _make_table(self) -> None:
@@ -220,7 +220,8 @@ class Supervisor:
         self.log.info("worker w%d started (pid %d)", worker.index, worker.proc.pid)
 
     def _listening(self, worker: Worker) -> None:
-        """A restarted worker listens: local limit changes made through the admin reach it."""
+        """A worker says it listens; one that restarted is given the local limit changes
+        made through the admin listener since the start."""
         worker.ready = bool(os.read(worker.ready_pipe, 1))
         if worker.ready and self.admin is not None and worker.admin_url and self.admin.journal:
             self.admin.replay(worker.admin_url)

@@ -13,3 +13,9 @@ ensure_venv() {
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".$1"
 }
+# ensure_test_tools: what the suite runs beside Python (apt-get when missing)
+ensure_test_tools() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  command -v curl >/dev/null || apt_install curl
+  command -v prometheus >/dev/null || apt_install prometheus  # tests/test_prometheus.py scrapes the admin listener
+}

@@ -73,13 +73,13 @@ class MachineLimiter(MemoryLimiter):
         return self.table.take(key, limit, SHARED + cap.name, cap.limit, since)
 
     def _uncount(self, key: HostKey, group: str) -> None:
-        line = SHARED + group if group else key
-        self._wake(self.table.give_back(key, SHARED + group if group else ""), line)
+        shared = SHARED + group if group else ""
+        self._wake(self.table.give_back(key, shared), shared or key)
 
     def _line_changed(self, line: str) -> None:
         waiters = self.waiting.hosts.get(line, ())
         oldest = next((w for w in waiters if not w.admitted), None)
-        since = int(oldest.arrived * 1e9) if oldest is not None else 0
+        since = oldest.arrived_ns if oldest is not None else 0
         published = self._heads.get(line, 0)
         if since == published:
             return

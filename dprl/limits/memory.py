@@ -100,7 +100,7 @@ class MemoryLimiter(Limiter):
             if waiter.admitted:
                 continue
             cap = self.limits.shared_cap_for(waiter.key)
-            verdict = self._try_take(waiter.key, self.limits.limit_for(waiter.key), cap, int(waiter.arrived * 1e9))
+            verdict = self._try_take(waiter.key, self.limits.limit_for(waiter.key), cap, waiter.arrived_ns)
             if verdict == ADMITTED:
                 waiter.group = cap.name if cap is not None else ""
                 waiter.admitted = True

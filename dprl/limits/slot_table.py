@@ -28,6 +28,8 @@ import struct
 import zlib
 from collections.abc import Iterator
 
+from .hosts import SHARED
+
 MAGIC = b"DPRLTAB1"
 _HEADER = struct.Struct("=8sIII")  # magic, capacity, workers, entry size
 _HEADER_SIZE = 64
@@ -192,7 +194,7 @@ class SlotTable:
                 if held:
                     _I32.pack_into(self._map, at + 4 * (1 + column), 0)
                     _I32.pack_into(self._map, at, _I32.unpack_from(self._map, at)[0] - held)
-                    if not key.startswith("shared:"):
+                    if not key.startswith(SHARED):
                         given += held
                 _I64.pack_into(self._map, self._head_offset(entry, column), 0)
                 lines.append(key)
@@ -213,7 +215,7 @@ class SlotTable:
     def _find(self, key: str) -> int:
         """The entry of ``key``, or -1."""
         data = key.encode()
-        wanted = zlib.crc32(data) or 1
+        wanted = _hash(data)
         mask, size, table = self._mask, self.entry_size, self._map
         entry = wanted & mask
         for _ in range(self.capacity):

@@ -46,6 +46,11 @@ class Waiter:
         self.cancelled = False  # shutdown
         self.ticket = ""  # its place in the fleet's queue (Redis limiter)
 
+    @property
+    def arrived_ns(self) -> int:
+        """Its arrival on CLOCK_MONOTONIC in nanoseconds: one clock for every process of a machine."""
+        return int(self.arrived * 1e9)
+
 
 class WaitingRoom:
     """The waiters of one process, per line (a host, or a shared cap's hosts), oldest first."""
