@@ -23,8 +23,10 @@ from .config import Config, flag, options, parse_host_limit, parse_shared_limit,
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
-from .supervisor import Supervisor, follow_supervisor, tell_ready, worker_identity
 from .version import __version__
+from .workers.cpus import CpuCount
+from .workers.seat import Seat, follow_supervisor, tell_ready
+from .workers.supervisor import Supervisor
 
 _INI_KEYS = {flag(spec)[2:] for spec in options()}
 
@@ -175,22 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return limits_main(args[1:])
     config = parse_config(args)
-    identity = worker_identity()
-    if identity is None and config.worker_count > 1:
-        return _supervise(config, args)
+    identity = Seat.from_env()
+    workers = config.worker_count() if identity is None else None
+    if workers is not None and workers.count > 1:
+        return _supervise(config, args, workers)
     name = "dprl" if identity is None else f"dprl.w{identity.index}"
     log = setup_logging(config.log_level, config.log_format, name)
+    if workers is not None and config.workers == "auto":
+        log.info("--workers auto: %d worker(s), from %s", workers.count, workers.source)
     raise_open_files_limit(log)
     if identity is None:
         proxy = ProxyRateLimiter(config=config, logger=log)
     else:
-        proxy = ProxyRateLimiter(
-            config=config,
-            logger=log,
-            reuse_port=True,
-            worker_id=identity.worker_id,
-            machine=(identity.table_fd, identity.wake_prefix, identity.index) if identity.table_fd >= 0 else None,
-        )
+        proxy = ProxyRateLimiter(config=config, logger=log, seat=identity)
     # Handlers first: a signal that arrives as soon as "listening" is logged must find them.
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _stop_on_signal, proxy, log, signum)
@@ -209,10 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _supervise(config: Config, argv: list[str]) -> int:
+def _supervise(config: Config, argv: list[str], workers: CpuCount) -> int:
     log = setup_logging(config.log_level, config.log_format, "dprl.supervisor")
+    if config.workers == "auto":
+        log.info("--workers auto: %d worker(s), from %s", workers.count, workers.source)
     try:
-        return Supervisor(config, argv, log).run()
+        return Supervisor(config, argv, log, workers.count).run()
     except ConfigError as exc:
         fail(str(exc))
 

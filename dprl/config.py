@@ -10,7 +10,6 @@ A bad value is a ``ConfigError`` with a one-line message meant for a user.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -19,7 +18,9 @@ from urllib.parse import quote
 from .errors import ConfigError
 from .http.target import split_authority
 from .limits.hosts import HostKey, SharedCap, normalize_limit_spec
+from .redact import MASK, masked_url
 from .redis.address import RedisDeployment
+from .workers.cpus import CpuCount, usable_cpus
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
@@ -227,6 +228,7 @@ def option(
     readme_default: str | None = None,
     metavar: str | None = None,
     repeat_flag: tuple[str, str, str] | None = None,
+    secret: bool = False,
 ) -> Any:
     """A Config field that is an option. ``parse`` turns text (flag, env, INI) into the value
     (default: the field's type); ``check`` validates and may normalise it; ``repeat_flag`` is
@@ -239,6 +241,7 @@ def option(
         "readme_default": readme_default,
         "metavar": metavar,
         "repeat_flag": repeat_flag,
+        "secret": secret,  # shown masked (redact.py) wherever a Config is rendered
     }
     factory = (lambda: dict(default)) if isinstance(default, dict) else None
     if factory is not None:
@@ -360,6 +363,7 @@ class Config:
         "",
         "require Basic proxy authentication with this USER:PASSWORD (407 otherwise)",
         env="DPRL_PROXY_AUTH",
+        secret=True,
     )
     proxy_auth_file: str = option(
         "", "file of USER:PASSWORD lines accepted for proxy authentication", env="DPRL_PROXY_AUTH_FILE"
@@ -432,6 +436,7 @@ class Config:
         "",
         "Bearer token admin writes (PUT/DELETE /limits) need; empty = writes only from loopback",
         env="DPRL_ADMIN_TOKEN",
+        secret=True,
     )
     metrics_max_hosts: int = option(
         500,
@@ -445,9 +450,10 @@ class Config:
         "Redis URL (redis://, rediss:// for TLS, unix://, redis+sentinel://, redis+cluster://): "
         "distributed mode; empty = local mode",
         env="REDIS_URL",
+        secret=True,
     )
     redis_addr: str = option("", "Redis host:port, instead of --redis-url", env="REDIS_ADDR", check=_redis_addr)
-    redis_password: str = option("", "Redis password (with --redis-addr)", env="REDIS_PASSWORD")
+    redis_password: str = option("", "Redis password (with --redis-addr)", env="REDIS_PASSWORD", secret=True)
     redis_db: int = option(
         0, "Redis database number (with --redis-addr)", env="REDIS_DB", check=_at_least(0, "0 or more")
     )
@@ -513,9 +519,21 @@ class Config:
             except (ConfigError, ValueError) as exc:
                 raise ConfigError(_message(source, exc) if source else str(exc)) from None
 
-    @property
-    def worker_count(self) -> int:
-        return (os.cpu_count() or 1) if self.workers == "auto" else int(self.workers)
+    def __repr__(self) -> str:
+        """Every option, secrets masked: a Config may end up in a log or a traceback."""
+        shown = []
+        for spec in options():
+            value = getattr(self, spec.name)
+            if spec.metadata["secret"] and value:
+                value = masked_url(value) if "://" in value else MASK
+            shown.append(f"{spec.name}={value!r}")
+        return f"Config({', '.join(shown)})"
+
+    def worker_count(self) -> CpuCount:
+        """How many worker processes, and why (``auto``: the CPUs this process may use)."""
+        if self.workers == "auto":
+            return usable_cpus()
+        return CpuCount(int(self.workers), "--workers")
 
     def shared_caps(self) -> list[SharedCap]:
         return [

@@ -24,6 +24,7 @@ from .net.dial import Resolver
 from .ops.admin import AdminServer
 from .proxy.server import ProxyServer
 from .stats import ProxyStats
+from .workers.seat import Seat
 
 DEFAULT_LOGGER = "dprl"
 
@@ -32,18 +33,16 @@ def make_limiter(
     config: Config,
     limits: HostLimits,
     log: logging.Logger,
-    worker_id: str | None = None,
-    machine: tuple[int, str, int] | None = None,
+    seat: Seat | None = None,
 ) -> Limiter:
     """The limiter the configuration asks for: in memory unless Redis is configured;
-    ``machine`` (slot table descriptor, wake socket prefix, column): a ``--workers``
-    worker's share of one machine's counts."""
+    a ``--workers`` worker's ``seat`` in local mode: its share of one machine's counts."""
     stats = ProxyStats(config.metrics_max_hosts, pinned=limits.has_override)
     if config.redis_deployment is None:
-        if machine is not None:
-            from .limits.machine import MachineLimiter
+        if seat is not None and seat.shares_table:
+            from .workers.limiter import MachineLimiter
 
-            return MachineLimiter(limits, *machine, stats=stats)
+            return MachineLimiter(limits, seat, stats=stats)
         return MemoryLimiter(limits, stats)
     from .redis.limiter import RedisLimiter
 
@@ -58,7 +57,7 @@ def make_limiter(
         timeout=config.redis_timeout,
         log=log,
         stats=stats,
-        worker_id=worker_id,
+        worker_id=seat.worker_id if seat is not None else None,
     )
 
 
@@ -78,16 +77,14 @@ class ProxyRateLimiter:
         host_limits: Mapping[str, int] | None = None,
         config: Config | None = None,
         resolver: Resolver | None = None,
-        reuse_port: bool = False,
-        worker_id: str | None = None,
-        machine: tuple[int, str, int] | None = None,
+        seat: Seat | None = None,
         **settings: object,
     ) -> None:
         """``settings`` are any other Config fields (``connect_timeout=5``...).
 
-        ``reuse_port``, ``worker_id`` and ``machine`` are for processes that share a port
-        (the CLI's ``--workers``): SO_REUSEPORT, the id this worker has in Redis, and in
-        local mode (the machine's slot table, its workers' wake sockets, this worker's column).
+        ``seat`` is for the CLI's ``--workers``: a worker that shares the port
+        (SO_REUSEPORT), has its own id in Redis, and in local mode its column of the
+        machine's slot table.
 
         ``resolver(name, port) -> [(family, sockaddr), ...]`` replaces the system resolver
         for upstream names (service discovery, or a fixed map); IP literals never use it.
@@ -104,8 +101,8 @@ class ProxyRateLimiter:
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
         self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits, self.config.shared_caps())
-        self.reuse_port = reuse_port
-        self.limiter = make_limiter(self.config, self.limits, self.log, worker_id, machine)
+        self.reuse_port = seat is not None
+        self.limiter = make_limiter(self.config, self.limits, self.log, seat)
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
         self.limiter.waiting.policy.max_queue = self.config.max_queue
         self._server: ProxyServer | None = None

@@ -55,8 +55,8 @@ def make_origin() -> Iterator[Callable[..., RawOrigin]]:
     """Scripted raw origins (``handler(conn, index)``), closed after the test."""
     origins: list[RawOrigin] = []
 
-    def make(handler: Callable[[socket.socket, int], None]) -> RawOrigin:
-        origins.append(RawOrigin(handler))
+    def make(handler: Callable[[socket.socket, int], None], host: str = "127.0.0.1") -> RawOrigin:
+        origins.append(RawOrigin(handler, host))
         return origins[-1]
 
     yield make

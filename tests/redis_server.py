@@ -21,8 +21,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, password: str = "") -> None:
+        """``password``: required of clients (requirepass), and used to follow a master."""
         self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.password = password
+        if password:
+            extra_args = (*extra_args, "--requirepass", password, "--masterauth", password)
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dprl-redis-")
         self.extra_args = [arg.replace("{dir}", self.dir) for arg in extra_args]
@@ -31,7 +35,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -77,7 +82,7 @@ class RedisServer:
         self.start()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(port=self.port, socket_timeout=5, password=self.password or None)
 
     def stop(self) -> None:
         self.kill()
@@ -114,9 +119,10 @@ class SentinelSetup:
 
     SERVICE = "dprlmaster"
 
-    def __init__(self) -> None:
-        self.master = RedisServer()
-        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
+    def __init__(self, password: str = "") -> None:
+        self.password = password
+        self.master = RedisServer(password=password)
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port), password=password)
         self.sentinel_port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dprl-sentinel-")
         config = f"{self.dir}/sentinel.conf"
@@ -127,6 +133,7 @@ class SentinelSetup:
                 f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
                 f"sentinel failover-timeout {self.SERVICE} 5000\n"
                 f"sentinel parallel-syncs {self.SERVICE} 1\n"
+                + (f"sentinel auth-pass {self.SERVICE} {password}\n" if password else "")
             )
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.sentinel = subprocess.Popen(
@@ -139,7 +146,8 @@ class SentinelSetup:
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
 
     def master_port(self) -> int:
         client = redis.Redis(port=self.sentinel_port, socket_timeout=2)
@@ -166,7 +174,8 @@ class ClusterSetup:
     own slots (with the default, the whole cluster refuses commands until it is back).
     """
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, password: str = "") -> None:
+        self.password = password
         self.nodes = [
             RedisServer(
                 "--cluster-enabled",
@@ -179,12 +188,14 @@ class ClusterSetup:
                 "no",
                 "--cluster-port",  # the default, port + 10000, may be taken or past 65535
                 str(free_port()),
+                password=password,
             )
             for _ in range(size)
         ]
         subprocess.run(
             [
                 "redis-cli",
+                *(["--no-auth-warning", "-a", password] if password else []),
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -204,7 +215,8 @@ class ClusterSetup:
         return info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == len(self.nodes)
 
     def url(self, *nodes: RedisServer) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in (nodes or self.nodes[:1]))
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{auth}" + ",".join(f"127.0.0.1:{n.port}" for n in (nodes or self.nodes[:1]))
 
     def node_of(self, key: str) -> RedisServer:
         """The node serving the slot of ``key``."""

@@ -11,7 +11,10 @@ import textwrap
 
 import pytest
 
-from dprl.limits.slot_table import ADMITTED, GROUP_FULL, HOST_FULL, OTHERS_FIRST, SlotTable, TableFull
+from dprl.limits.limiter import Admission
+from dprl.workers.slot_table import SlotTable, TableFull
+
+ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST = Admission
 
 
 def handles(table: SlotTable, count: int) -> list[SlotTable]:
@@ -104,7 +107,10 @@ def test_the_cap_holds_between_processes() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from dprl.limits.slot_table import ADMITTED, SlotTable
+        from dprl.limits.limiter import Admission
+        from dprl.workers.slot_table import SlotTable
+
+        ADMITTED = Admission.ADMITTED
         table = SlotTable(int(sys.argv[2]), int(sys.argv[1]))
         admitted = highest = 0
         for _ in range(3000):

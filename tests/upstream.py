@@ -189,11 +189,12 @@ class RawOrigin:
     before reading the body, closing without answering, odd framing, raw echo.
     """
 
-    def __init__(self, handler: Callable[[socket.socket, int], None] | None = None) -> None:
+    def __init__(self, handler: Callable[[socket.socket, int], None] | None = None, host: str = "127.0.0.1") -> None:
         self.handler = handler or self.serve
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        ipv6 = ":" in host
+        self.sock = socket.create_server((host, 0), family=socket.AF_INET6 if ipv6 else socket.AF_INET)
         self.port = self.sock.getsockname()[1]
-        self.authority = f"127.0.0.1:{self.port}"
+        self.authority = f"[{host}]:{self.port}" if ipv6 else f"{host}:{self.port}"
         self.connections = 0
         self.received: list[bytes] = []  # what handlers chose to record
         threading.Thread(target=self._accept, daemon=True).start()

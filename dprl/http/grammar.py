@@ -36,6 +36,8 @@ CODING = re.compile(rf"({_TOKEN_S})((?:[ \t]*;[ \t]*{_TOKEN_S}[ \t]*=[ \t]*(?:{_
 # RFC 9110 7.2 / RFC 3986 3.2.2   Host = uri-host [ ":" port ]
 #   uri-host = IP-literal / IPv4address / reg-name ; reg-name = *( unreserved / pct-encoded / sub-delims )
 HOST_FIELD = re.compile(r"(?:\[[0-9A-Za-z:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?")
+# RFC 3986 3.1   scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # RFC 3986 3.2.2 reg-name as dprl accepts it for destinations: RFC 1123 labels, plus "_"
 # which real DNS names carry (service records, some CDNs); percent-encoding is refused.
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"

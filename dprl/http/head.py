@@ -170,8 +170,13 @@ def parse_fields(lines: list[bytes]) -> tuple[Fields, dict[str, list[str]]]:
 def check_host_field(request: RequestHead) -> None:
     """RFC 9112 3.2: 400 for an HTTP/1.1 request without Host, with several, or an invalid one.
 
+    Absolute-form targets are exempt (RFC 9112 3.2.2): a proxy MUST ignore the received
+    Host there and generate it from the target, so duplicates and malformed values
+    (curl 7.88 sends ``Host: ::1:PORT`` on a reused connection) are dropped, not refused.
     CONNECT is exempt from "without" (as in Go's net/http): its target is the authority.
     """
+    if is_absolute_form(request.target):
+        return
     hosts = request.raw_values("host")
     if len(hosts) > 1:
         raise ProtocolError(400, "more than one Host field")
@@ -181,6 +186,12 @@ def check_host_field(request: RequestHead) -> None:
         return
     if not grammar.HOST_FIELD.fullmatch(hosts[0]):
         raise ProtocolError(400, f"invalid Host field {hosts[0][:60]!r}")
+
+
+def is_absolute_form(target: str) -> bool:
+    """``scheme://...`` (RFC 9112 3.2.2): the target names the origin, not the Host field."""
+    scheme, sep, _ = target.partition("://")
+    return bool(sep) and grammar.SCHEME.fullmatch(scheme) is not None
 
 
 def show(line: bytes, limit: int = 60) -> str:

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from enum import IntEnum
 
 from ..stats import ProxyStats
 from .hosts import HostKey, HostLimits
 from .waiting import QueuePolicy, WaitingRoom, Watch
+
+
+class Admission(IntEnum):
+    """One try at counting a slot, in memory or in the machine's table: taken, or why not."""
+
+    ADMITTED = 0
+    HOST_FULL = 1  # the host is at its cap
+    GROUP_FULL = 2  # its shared cap is full
+    OTHERS_FIRST = 3  # room, but older waiters (of other workers) go first
 
 
 class Slot:

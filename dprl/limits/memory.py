@@ -15,8 +15,7 @@ import time
 from ..errors import LimitExceeded
 from ..stats import ProxyStats
 from .hosts import SHARED, HostKey, HostLimits, SharedCap
-from .limiter import Limiter, Slot, count_down
-from .slot_table import ADMITTED, GROUP_FULL, HOST_FULL
+from .limiter import Admission, Limiter, Slot, count_down
 from .waiting import Watch
 
 
@@ -30,7 +29,7 @@ class MemoryLimiter(Limiter):
         limit = self.limits.limit_for(key)
         cap = self.limits.shared_cap_for(key)
         line = key if cap is None else SHARED + cap.name
-        if line not in self.waiting.hosts and self._try_take(key, limit, cap, 0) == ADMITTED:
+        if line not in self.waiting.hosts and self._try_take(key, limit, cap, 0) == Admission.ADMITTED:
             return self._slot(key, cap.name if cap is not None else "")
         if not self.waiting.policy.timeout:
             raise self._refusal(key, limit, cap)
@@ -38,16 +37,16 @@ class MemoryLimiter(Limiter):
 
     # the counts: what MachineLimiter keeps in shared memory instead --------------------
     def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> int:
-        """Count one slot of ``key`` (and of its shared cap) if they have room: ADMITTED,
+        """Count one slot of ``key`` (and of its shared cap) if they have room: Admission.ADMITTED,
         or why not. ``since``: when the asking connection arrived (ns; 0 = now)."""
         if limit and self._counts.get(key, 0) >= limit:
-            return HOST_FULL
+            return Admission.HOST_FULL
         if cap is not None and self._shared.get(cap.name, 0) >= cap.limit:
-            return GROUP_FULL
+            return Admission.GROUP_FULL
         self._counts[key] = self._counts.get(key, 0) + 1
         if cap is not None:
             self._shared[cap.name] = self._shared.get(cap.name, 0) + 1
-        return ADMITTED
+        return Admission.ADMITTED
 
     def _uncount(self, key: HostKey, group: str) -> None:
         count_down(self._counts, key)
@@ -101,11 +100,11 @@ class MemoryLimiter(Limiter):
                 continue
             cap = self.limits.shared_cap_for(waiter.key)
             verdict = self._try_take(waiter.key, self.limits.limit_for(waiter.key), cap, waiter.arrived_ns)
-            if verdict == ADMITTED:
+            if verdict == Admission.ADMITTED:
                 waiter.group = cap.name if cap is not None else ""
                 waiter.admitted = True
                 waiter.event.set()
-            elif verdict != HOST_FULL or line == waiter.key:
+            elif verdict != Admission.HOST_FULL or line == waiter.key:
                 break  # nobody behind it fits either (a shared line's other hosts may)
 
     def _release(self, key: HostKey) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ..redact import masked_url, userinfo
+
 SCHEMES = ("redis", "rediss", "unix")
 _OPTIONS = {
     "db",
@@ -45,7 +47,7 @@ class RedisAddress:
         """Parse a Redis URL; ValueError (one line) if it is not one."""
         parts = urlsplit(url)
         if parts.scheme not in SCHEMES:
-            raise ValueError(f"must start with redis://, rediss:// or unix://, got {url!r}")
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {masked_url(url)!r}")
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         unknown = set(query) - _OPTIONS
         if unknown:
@@ -58,13 +60,13 @@ class RedisAddress:
         fields: dict[str, object] = {"username": username, "password": password, "db": int(db_text)}
         if parts.scheme == "unix":
             if not parts.path:
-                raise ValueError(f"unix:// URL without a socket path: {url!r}")
+                raise ValueError(f"unix:// URL without a socket path: {masked_url(url)!r}")
             fields["path"] = parts.path
         else:
             try:
                 port = parts.port or 6379
             except ValueError:
-                raise ValueError(f"invalid port in Redis URL {url!r}") from None
+                raise ValueError(f"invalid port in Redis URL {masked_url(url)!r}") from None
             fields.update(host=parts.hostname or "127.0.0.1", port=port)
         if parts.scheme == "rediss":
             reqs = query.get("ssl_cert_reqs", "required").lower()
@@ -88,21 +90,12 @@ class RedisAddress:
         return replace(self, host=host, port=port)
 
     def __str__(self) -> str:
-        """The address for logs: no password."""
+        """The address for logs and pages: its password masked."""
+        auth = userinfo(self.username, self.password)
         if self.path:
-            return f"unix://{self.path}?db={self.db}"
+            return f"unix://{auth}{self.path}?db={self.db}"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{host}:{self.port}/{self.db}"
-
-
-def masked_url(url: str) -> str:
-    """The URL with its password replaced, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        auth, _, host = rest.rpartition("@")
-        user = auth.split(":", 1)[0]
-        return f"{scheme}{sep}{user}:***@{host}"
-    return url
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}"
 
 
 KINDS = ("single", "sentinel", "cluster")
@@ -133,7 +126,8 @@ class RedisDeployment:
         base, _, kind = scheme.partition("+")
         if not sep or base not in SCHEMES or kind not in ("", "sentinel", "cluster") or (kind and base == "unix"):
             raise ValueError(
-                f"must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://, got {url!r}"
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://, "
+                f"got {masked_url(url)!r}"
             )
         if not kind:
             address = RedisAddress.from_url(url)
@@ -146,15 +140,16 @@ class RedisDeployment:
         if kind == "sentinel":
             service, _, db = path.partition("/")
             if not service:
-                raise ValueError(f"a redis+sentinel:// URL names the service: .../service_name[/db], got {url!r}")
+                shown = masked_url(url)
+                raise ValueError(f"a redis+sentinel:// URL names the service: .../service_name[/db], got {shown!r}")
             db = db or "0"
         elif path.strip("/"):
-            raise ValueError(f"a redis+cluster:// URL has no database or path, got {url!r}")
+            raise ValueError(f"a redis+cluster:// URL has no database or path, got {masked_url(url)!r}")
         servers = []
         for item in filter(None, hosts.split(",")):
             servers.append(RedisAddress.from_url(f"{base}://{item}"))
         if not servers:
-            raise ValueError(f"no host:port in {url!r}")
+            raise ValueError(f"no host:port in {masked_url(url)!r}")
         auth = f"{userinfo}{at}" if at else ""
         template = RedisAddress.from_url(f"{base}://{auth}{servers[0].host}:{servers[0].port}/{db}{query_sep}{query}")
         servers = [replace(template, host=s.host, port=s.port, db=0, password="", username="") for s in servers]
@@ -165,4 +160,5 @@ class RedisDeployment:
             return str(self.template)
         hosts = ",".join(f"{s.host}:{s.port}" for s in self.servers)
         scheme = ("rediss+" if self.template.tls else "redis+") + self.kind
-        return f"{scheme}://{hosts}" + (f"/{self.service}/{self.template.db}" if self.service else "")
+        auth = userinfo(self.template.username, self.template.password)
+        return f"{scheme}://{auth}{hosts}" + (f"/{self.service}/{self.template.db}" if self.service else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from importlib import resources
+from typing import NamedTuple
 
 from .channel import OnReply, RedisChannel
 from .protocol import ReplyError, pack
@@ -131,3 +132,32 @@ class ScriptRunner:
     def load(self, script: Script, deadline: float | None = None) -> None:
         """After NOSCRIPT (Redis restarted or flushed its scripts)."""
         self.channel.call("SCRIPT", "LOAD", script.source, deadline=deadline)
+
+
+# replies, named as each script's contract names them ----------------------------------------
+class AcquireReply(NamedTuple):
+    """acquire.lua's reply. ``admitted``: 1, 0 (at the limit), -1 (Redis lost data)."""
+
+    admitted: int
+    total: int  # the fleet's count after this call
+    own_before: int  # this worker's count before it (-1: absent, so this admission made its lease)
+    epoch: bytes
+    ahead: int  # live waiters ahead of the ticket
+    wake_self: int  # 1 if another waiter of this worker may go now
+    by_shared: int  # 1 if refused by the shared cap rather than the host's own
+
+    @classmethod
+    def parse(cls, reply: object) -> AcquireReply:
+        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these seven
+
+
+class RefreshReply(NamedTuple):
+    """refresh.lua's reply."""
+
+    total: int  # the fleet's count after this worker's was set
+    epoch: bytes
+    changed: int  # 1 if the epoch marker was missing or not the one this worker knew
+
+    @classmethod
+    def parse(cls, reply: object) -> RefreshReply:
+        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these three

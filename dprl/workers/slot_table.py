@@ -28,7 +28,8 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from .hosts import SHARED
+from ..limits.hosts import SHARED
+from ..limits.limiter import Admission
 
 MAGIC = b"DPRLTAB1"
 _HEADER = struct.Struct("=8sIII")  # magic, capacity, workers, entry size
@@ -39,8 +40,6 @@ _KEY_AT = _HASH.size
 _COUNTS_AT = 272  # total, then one count per worker (int32)
 _I32 = struct.Struct("=i")
 _I64 = struct.Struct("=q")
-
-ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST = 0, 1, 2, 3
 
 
 class TableFull(Exception):
@@ -103,7 +102,7 @@ class SlotTable:
     # admission -------------------------------------------------------------------------
     def take(self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0) -> int:
         """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps
-        and the other workers' older waiters leave room: ADMITTED, or why not.
+        and the other workers' older waiters leave room: Admission.ADMITTED, or why not.
 
         ``since``: when the connection asking arrived (monotonic ns); the waiters of other
         workers on the line who arrived before it go first."""
@@ -112,20 +111,20 @@ class SlotTable:
             host = self._find(key)
             free = limit - self._total(host) if limit else 1 << 30
             if free <= 0:
-                return HOST_FULL
+                return Admission.HOST_FULL
             line = host
             if group:
                 line = self._find(group)
                 group_free = group_limit - self._total(line)
                 if group_free <= 0:
-                    return GROUP_FULL
+                    return Admission.GROUP_FULL
                 free = min(free, group_free)
             if line >= 0 and self._others_before(line, since) >= free:
-                return OTHERS_FIRST
+                return Admission.OTHERS_FIRST
             self._add(host if host >= 0 else self._insert(key), 1)
             if group:
                 self._add(line if line >= 0 else self._insert(group), 1)
-            return ADMITTED
+            return Admission.ADMITTED
         finally:
             _flock(self._fd, _LOCK_UN)
 

@@ -3,7 +3,7 @@
 Each worker is ``python -m dprl`` with the same options, listening with SO_REUSEPORT (the
 kernel spreads connections over the workers' sockets; the supervisor holds the port
 between restarts). In local mode the workers share one slot table in shared memory
-(``limits/slot_table.py``: one cap per machine, waiters served oldest first across
+(``slot_table.py``: one cap per machine, waiters served oldest first across
 workers); with ``--redis-url`` each worker is a member of the fleet with its own id. When
 a worker dies the supervisor gives its slots back at once (its column of the table, or
 its part of every Redis count, not after a lease) and starts a new one, with a back-off.
@@ -14,7 +14,6 @@ SIGUSR1 are passed on.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -27,17 +26,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import Config
-from .errors import ConfigError, RedisUnavailable
-from .limits.machine import wake_all
-from .limits.slot_table import SlotTable
-from .ops.machine import MachineAdmin
-from .redis.cleanup import forget_worker
-from .redis.protocol import ReplyError
+from ..config import Config
+from ..errors import ConfigError, RedisUnavailable
+from ..redis.cleanup import forget_worker
+from ..redis.protocol import ReplyError
+from .admin import MachineAdmin
+from .limiter import wake_all
+from .seat import WORKER_ENV, Seat
+from .slot_table import SlotTable
 
-# "INDEX ID READY_FD SUPERVISOR_PID [TABLE_FD WAKE_PREFIX]": each worker's, from the supervisor
-WORKER_ENV = "DPRL_WORKER"
-_PR_SET_PDEATHSIG = 1  # prctl(2)
 FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 0.5, 30.0, 60.0  # restart back-off, seconds
 
 
@@ -56,11 +53,11 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config, argv: Sequence[str], log: logging.Logger) -> None:
+    def __init__(self, config: Config, argv: Sequence[str], log: logging.Logger, count: int) -> None:
         self.config = config
         self.argv = list(argv)
         self.log = log
-        self.count = config.worker_count
+        self.count = count
         self.workers = [Worker(i) for i in range(self.count)]
         self.stopping = False
         self._kill_at = float("inf")  # workers still running then (stopping) are killed
@@ -92,7 +89,7 @@ class Supervisor:
             for worker in self.workers:
                 self._spawn(worker)
             self._wait_listening()
-            where = "Redis at " + self.redis_url if self.redis_url else "shared memory"
+            where = f"Redis at {self.config.redis_deployment}" if self.redis_url else "shared memory"
             self.log.info(
                 "dprl supervisor listening on %s:%d with %d workers; counts shared through %s",
                 self.config.bind,
@@ -206,12 +203,12 @@ class Supervisor:
             os.close(worker.ready_pipe)
         read_end, write_end = os.pipe()
         worker.ready_pipe, worker.ready = read_end, False
-        seat = f"{worker.index} {worker.worker_id} {write_end} {os.getpid()}"
+        seat = Seat(worker.index, worker.worker_id, write_end, os.getpid())
         fds = [write_end]
         if self.table is not None:
-            seat += f" {self.table.shared_fd} {self.wake_prefix}"
+            seat = Seat(worker.index, worker.worker_id, write_end, os.getpid(), self.table.shared_fd, self.wake_prefix)
             fds.append(self.table.shared_fd)
-        env = {**os.environ, WORKER_ENV: seat}
+        env = {**os.environ, WORKER_ENV: seat.encode()}
         try:
             worker.proc = subprocess.Popen([sys.executable, "-m", "dprl", *args], env=env, pass_fds=fds)
         finally:
@@ -295,42 +292,3 @@ def _free_port() -> int:
 
 def _exit_status(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
-
-
-@dataclass(frozen=True)
-class Seat:
-    """What a supervised worker is told: its column, its Redis id, where to say it listens,
-    its supervisor, and in local mode the machine's slot table and wake socket names."""
-
-    index: int
-    worker_id: str
-    ready_fd: int
-    supervisor: int
-    table_fd: int = -1
-    wake_prefix: str = ""
-
-
-def worker_identity() -> Seat | None:
-    """This process's seat when it is a supervised worker."""
-    value = os.environ.get(WORKER_ENV)
-    if not value:
-        return None
-    index, worker_id, ready, supervisor, *local = value.split(" ")
-    table_fd, wake_prefix = (int(local[0]), local[1]) if local else (-1, "")
-    return Seat(int(index), worker_id, int(ready), int(supervisor), table_fd, wake_prefix)
-
-
-def follow_supervisor(seat: Seat) -> None:
-    """Get SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL: a worker
-    left behind would serve on the port with counts nobody else sees."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != seat.supervisor:  # it died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def tell_ready(fd: int) -> None:
-    """A worker listens: tell the supervisor (once)."""
-    with contextlib.suppress(OSError):
-        os.write(fd, b"1")
-        os.close(fd)

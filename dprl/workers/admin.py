@@ -24,7 +24,7 @@ from prometheus_client import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
-from .admin import write_refusal
+from ..ops.admin import write_refusal
 
 # gauges whose value is the same view in every worker: the largest is shown, not the sum
 _SAME_EVERYWHERE = (

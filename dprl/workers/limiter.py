@@ -19,12 +19,13 @@ import gevent
 import gevent.socket
 
 from ..errors import LimiterUnavailable
+from ..limits.hosts import SHARED, HostKey, HostLimits, SharedCap
+from ..limits.limiter import Slot
+from ..limits.memory import MemoryLimiter
+from ..limits.waiting import Watch
 from ..stats import ProxyStats
-from .hosts import SHARED, HostKey, HostLimits, SharedCap
-from .limiter import Slot
-from .memory import MemoryLimiter
+from .seat import Seat
 from .slot_table import SlotTable, TableFull
-from .waiting import Watch
 
 POLL = 0.1  # seconds between re-checks of the lines this worker waits on
 
@@ -44,16 +45,14 @@ def wake_all(prefix: str, workers: int) -> None:
 
 
 class MachineLimiter(MemoryLimiter):
-    """``table_fd``: the slot table the supervisor passed on; ``wake_prefix`` names the
-    workers' wake sockets; ``index`` is this worker's column."""
+    """A worker's limiter over the slot table its ``seat`` names (its column, the workers'
+    wake sockets)."""
 
-    def __init__(
-        self, limits: HostLimits, table_fd: int, wake_prefix: str, index: int, stats: ProxyStats | None = None
-    ) -> None:
+    def __init__(self, limits: HostLimits, seat: Seat, stats: ProxyStats | None = None) -> None:
         super().__init__(limits, stats)
-        self.wake_prefix = wake_prefix
-        self.table = SlotTable(table_fd, index)
-        self.table.forget(index)  # a column left by a predecessor the supervisor could not clear
+        self.wake_prefix = seat.wake_prefix
+        self.table = SlotTable(seat.table_fd, seat.index)
+        self.table.forget(seat.index)  # a column left by a predecessor the supervisor could not clear
         self._heads: dict[str, int] = {}  # line -> arrival (ns) of our oldest waiter, as published
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)

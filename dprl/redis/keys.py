@@ -1,0 +1,61 @@
+"""The names of a host's keys in Redis, all under one hash tag (one Cluster slot).
+
+``{prefix}:{tag}:counts`` (hash: worker id -> its open connections), ``:leases`` (sorted
+set: worker id -> lease expiry in Redis server time), ``:queue`` and ``:waiting`` (the
+fleet's line of waiters and their workers' waiting leases), plus the epoch marker of the
+slot. The tag is the host key itself, or ``shared:NAME`` for the hosts of a shared cap: a
+shared cap's hosts and the cap's own count live in one slot, so one script admits against
+both.
+"""
+
+from __future__ import annotations
+
+from ..limits.hosts import SHARED, HostKey, HostLimits
+from .scripts import ACQUIRE, RELEASE, Script
+from .topology import Shard, Topology
+
+_QUEUED = (ACQUIRE, RELEASE)  # scripts that also see the host's queue (KEYS[4], KEYS[5])
+
+
+class KeySpace:
+    def __init__(self, prefix: str, limits: HostLimits, topology: Topology) -> None:
+        self.prefix = prefix
+        self.limits = limits
+        self.topology = topology
+
+    def tag(self, key: HostKey) -> str:
+        """The hash tag of ``key``'s keys: the host itself, or its shared cap's
+        (``shared:NAME``, which is also the key of the cap's own count)."""
+        if key.startswith(SHARED):
+            return key
+        cap = self.limits.shared_cap_for(key)
+        return key if cap is None else SHARED + cap.name
+
+    def keys(self, key: HostKey) -> tuple[str, str, str]:
+        """counts, leases and the epoch marker of ``key``."""
+        tag = self.tag(key)
+        base = f"{self.prefix}:{{{tag}}}" if tag == key else f"{self.prefix}:{{{tag}}}:{key}"
+        return f"{base}:counts", f"{base}:leases", self.topology.marker(tag)
+
+    def queue_keys(self, key: HostKey) -> tuple[str, str]:
+        """The fleet's queue of ``key``'s line (tickets by arrival; a shared cap's hosts share
+        one) and the waiting leases of its workers."""
+        tag = self.tag(key)
+        return f"{self.prefix}:{{{tag}}}:queue", f"{self.prefix}:{{{tag}}}:waiting"
+
+    def script_keys(self, script: Script, key: HostKey) -> tuple[str, ...]:
+        """Acquire and release see the queue too, and a shared cap's own count (KEYS[6], [7])."""
+        keys = self.keys(key)
+        if script not in _QUEUED:
+            return keys
+        tag = self.tag(key)
+        if tag == key:
+            return keys + self.queue_keys(key)
+        return keys + self.queue_keys(key) + self.keys(tag)[:2]
+
+    def marker(self, key: HostKey) -> str:
+        return self.topology.marker(self.tag(key))
+
+    def shard_of(self, key: HostKey) -> Shard | None:
+        """The shard known to serve ``key`` (None: a Cluster slot not mapped yet)."""
+        return self.topology.known_shard(self.tag(key))
