@@ -13,7 +13,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dprl", "dprl.*"]),
-    package_data={"dprl.redis": ["lua/*.lua"]},
+    package_data={"dprl": ["py.typed"], "dprl.redis": ["lua/*.lua"]},
+    zip_safe=False,  # py.typed: type checkers read the installed sources
     install_requires=[
         "gevent>=23.9.1",
         "configargparse>=1.0",
@@ -33,6 +34,7 @@ setup(
             "gunicorn>=21.2",  # tests/test_gunicorn.py: embedding under gunicorn -k gevent
             "redis>=4.5",
             "ruff>=0.6",
+            "mypy>=1.8",  # scripts/test type-checks dprl/ (settings in pyproject.toml)
         ],
     },
     entry_points={"console_scripts": ["dprl = dprl.cli:main"]},

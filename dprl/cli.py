@@ -42,7 +42,7 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
 
     def parse(self, stream: IO[str]) -> OrderedDict:
         ini = configparser.ConfigParser(interpolation=None, delimiters=("=",))
-        ini.optionxform = str  # keep keys as written; host names are normalised later
+        ini.optionxform = str  # type: ignore[assignment,method-assign]  # keep keys as written (configparser's documented way)
         try:
             ini.read_file(stream)
         except configparser.Error as exc:
@@ -80,7 +80,7 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def _converter(spec) -> object:  # type: ignore[no-untyped-def]
+def _converter(spec) -> object:
     """argparse's ``type=``: the option's parser, with its errors as argparse errors."""
     parse = parser_for(spec)
 
@@ -220,8 +220,7 @@ def _supervise(config: Config, argv: list[str], workers: CpuCount) -> int:
 
 def _log_status(proxy: ProxyRateLimiter, log: logging.Logger) -> None:
     status = proxy.status()
-    slots = status["slots"]
-    held = ",".join(f"{host}={n}" for host, n in sorted(slots.items())) or "none"  # type: ignore[union-attr]
+    held = ",".join(f"{host}={n}" for host, n in sorted(status["slots"].items())) or "none"
     log.warning("status: clients=%s slots-held=%s mode=%s", status["clients"], held, status["mode"])
 
 

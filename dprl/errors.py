@@ -6,11 +6,47 @@ catches it does not have to re-derive it.
 
 from __future__ import annotations
 
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why a connection was answered by dprl instead of served: the ``reason`` label of
+    dprl_refusals_total. Every refusal names one of these, and only these."""
+
+    LIMIT = "limit"
+    LIMITER_UNAVAILABLE = "limiter_unavailable"
+    ACCESS = "access"
+    AUTH = "auth"
+    BAD_REQUEST = "bad_request"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    QUEUE_TIMEOUT = "queue_timeout"
+    QUEUE_FULL = "queue_full"
+    SHUTDOWN = "shutdown"
+    INTERNAL = "internal"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def for_status(cls, status: int) -> Reason:
+        """The reason of an answer of ours that carries no reason of its own."""
+        if status == 403:
+            return cls.ACCESS
+        if status == 407:
+            return cls.AUTH
+        if status in (408, 504):
+            return cls.TIMEOUT
+        if status in (502, 503):
+            return cls.UPSTREAM_ERROR
+        return cls.BAD_REQUEST if 400 <= status < 500 or status in (501, 505) else cls.INTERNAL
+
 
 class ProxyError(Exception):
     """A request that cannot be served, and the status that says why."""
 
     status: int = 502
+    reason: Reason | None = None  # None: the status tells (Reason.for_status)
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -48,7 +84,7 @@ class ConnectionLost(Exception):
 class LimitExceeded(Exception):
     """The host key is at its cap: the connection is refused (HTTP 500 by default)."""
 
-    reason = "limit"  # the ``reason`` label of dprl_refusals_total
+    reason = Reason.LIMIT
 
     def __init__(self, key: str, limit: int, shared: str = "") -> None:
         super().__init__(
@@ -67,7 +103,7 @@ class LimitExceeded(Exception):
 class QueueTimeout(LimitExceeded):
     """Waited --queue-timeout for a slot and none came: the refusal at the cap, given late."""
 
-    reason = "queue_timeout"
+    reason = Reason.QUEUE_TIMEOUT
 
     def __init__(self, key: str, limit: int, detail: str, shared: str = "") -> None:
         super().__init__(key, limit, shared)
@@ -77,14 +113,14 @@ class QueueTimeout(LimitExceeded):
 class QueueFull(QueueTimeout):
     """--max-queue connections already wait for this host in this process: refused at once."""
 
-    reason = "queue_full"
+    reason = Reason.QUEUE_FULL
 
 
 class ShuttingDown(ProxyError):
     """The proxy stops: a connection still waiting for a slot gets 503 at once."""
 
     status = 503
-    reason = "shutdown"
+    reason = Reason.SHUTDOWN
 
 
 class LimiterUnavailable(Exception):

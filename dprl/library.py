@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
 
 import gevent
 import gevent.event
@@ -61,6 +62,19 @@ def make_limiter(
     )
 
 
+class ProxyStatus(TypedDict):
+    clients: int  # client connections open
+    slots: dict[str, int]  # slots held by this process, per host key
+    mode: str  # local, workers or redis
+
+
+def local_url(bind: str, port: int) -> str:
+    """``http://HOST:PORT`` that reaches a listener bound to ``bind`` from this machine
+    (a wildcard bind is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class ProxyRateLimiter:
     """An HTTP(S) forward proxy capping concurrent upstream connections per host.
 
@@ -78,7 +92,7 @@ class ProxyRateLimiter:
         config: Config | None = None,
         resolver: Resolver | None = None,
         seat: Seat | None = None,
-        **settings: object,
+        **settings: Any,
     ) -> None:
         """``settings`` are any other Config fields (``connect_timeout=5``...).
 
@@ -95,7 +109,7 @@ class ProxyRateLimiter:
                 bind=bind,
                 max_connections=max_connections_per_host,
                 host_limits=dict(host_limits or {}),
-                **settings,  # type: ignore[arg-type]
+                **settings,
             )
         self.config = config  # checked once, when it was made
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
@@ -164,7 +178,7 @@ class ProxyRateLimiter:
         self._fleet()
         return self.limits.stored()
 
-    def _fleet(self):  # type: ignore[no-untyped-def]
+    def _fleet(self):
         if self.config.redis_deployment is None:
             raise RuntimeError("fleet limits are stored in Redis: give a redis_url (distributed mode)")
         return self.limiter
@@ -194,7 +208,7 @@ class ProxyRateLimiter:
         """Connections of this process waiting for a slot to ``host`` now."""
         return self.limiter.waiting_counts().get(normalize_host_spec(host), 0)
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> ProxyStatus:
         """A snapshot for operators (logged on SIGUSR1): clients and slots held by this process."""
         server = self._server
         return {
@@ -215,20 +229,11 @@ class ProxyRateLimiter:
         """The admin listener's base URL (None when --admin-port is 0)."""
         if self._admin is None:
             return None
-        host = self.config.admin_bind
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
-        return f"http://[{host}]:{self._admin.port}" if ":" in host else f"http://{host}:{self._admin.port}"
+        return local_url(self.config.admin_bind, self._admin.port)
 
     @property
     def proxy_url(self) -> str:
-        host = self.config.bind
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return local_url(self.config.bind, self.port)
 
     def start(self) -> ProxyRateLimiter:
         """Start serving in the background and return once the port is listening."""
@@ -361,6 +366,6 @@ class DistributedProxyRateLimiter(ProxyRateLimiter):
         redis_url: str = "redis://127.0.0.1:6379/0",
         lease_ttl: float = DEFAULTS.lease_ttl,
         logger: logging.Logger | None = None,
-        **settings: object,
+        **settings: Any,
     ) -> None:
         super().__init__(port, max_connections_per_host, logger, redis_url=redis_url, lease_ttl=lease_ttl, **settings)

@@ -18,23 +18,13 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Histogram
 
+from .errors import Reason
+
 HostKey = str  # as in dprl.limits.hosts (which sits above this module)
 
 OTHER = "_other"  # the host label of folded hosts
 NO_HOST = "_none"  # refusals before any destination was known (a malformed request)
-REFUSAL_REASONS = (
-    "limit",
-    "limiter_unavailable",
-    "access",
-    "auth",
-    "bad_request",
-    "upstream_error",
-    "timeout",
-    "queue_timeout",
-    "queue_full",
-    "shutdown",
-    "internal",
-)
+REFUSAL_REASONS = tuple(reason.value for reason in Reason)
 REDIS_ERROR_KINDS = ("timeout", "connection", "reply", "cluster")
 WINDOW = 60  # seconds of "refusals in the last minute"
 _STEP = 10  # ... counted in buckets of this many seconds

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import grammar
 from .errors import ProtocolError
@@ -63,6 +64,12 @@ class ResponseHead(MessageHead):
     reason: str
 
 
+def is_interim(status: int) -> bool:
+    """A 1xx answer that another answer follows (RFC 9110 15.2); 101 ends HTTP on the
+    connection instead, so it is final for a relay."""
+    return 100 <= status < 200 and status != 101
+
+
 # delimiting ------------------------------------------------------------------------------
 def head_finder(max_line: int, max_head: int, requests: bool = False) -> Callable[[bytearray], int]:
     """Where a head ends in a buffer that grows as bytes arrive: its length, or -1 while incomplete.
@@ -102,7 +109,7 @@ def head_finder(max_line: int, max_head: int, requests: bool = False) -> Callabl
 
 def find_head_end(buf: bytes | bytearray, max_line: int, max_head: int) -> int:
     """The length of a complete head at the start of ``buf``, or -1 (one-shot ``head_finder``)."""
-    return head_finder(max_line, max_head)(buf)  # type: ignore[arg-type]
+    return head_finder(max_line, max_head)(bytearray(buf) if isinstance(buf, bytes) else buf)
 
 
 # parsing ---------------------------------------------------------------------------------
@@ -118,10 +125,15 @@ def parse_response_head(data: bytes, max_fields: int = 200) -> ResponseHead:
     return ResponseHead(version, fields, index, connection, int(match[2]), (match[3] or b"").decode("latin-1"))
 
 
-def _parse_head(
-    data: bytes, start_line: re.Pattern[bytes], version_group: int, kind: str, max_fields: int
-) -> tuple[re.Match[bytes], str, Fields, dict[str, list[str]], frozenset[str]]:
-    """The start line's match, the version it is processed as, the fields, and Connection's options."""
+class _Parsed(NamedTuple):
+    match: re.Match[bytes]  # the start line's
+    version: str  # as it is processed
+    fields: Fields
+    by_name: dict[str, list[str]]  # (not "index": that is a tuple method)
+    connection: frozenset[str]  # Connection's options
+
+
+def _parse_head(data: bytes, start_line: re.Pattern[bytes], version_group: int, kind: str, max_fields: int) -> _Parsed:
     lines = data[:-4].split(b"\r\n")
     match = start_line.fullmatch(lines[0])
     if match is None:
@@ -131,7 +143,7 @@ def _parse_head(
         raise ProtocolError(431, f"more than {max_fields} header fields")
     fields, index = parse_fields(lines[1:])
     connection = _NO_TOKENS if "connection" not in index else _tokens(index["connection"])
-    return match, version, fields, index, connection
+    return _Parsed(match, version, fields, index, connection)
 
 
 def _tokens(raw: list[str]) -> frozenset[str]:

@@ -8,6 +8,7 @@ and the framing fields that came are dropped, the framing dprl relays by is writ
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import NamedTuple
 
 from .errors import ProtocolError
 from .framing import HOP_BY_HOP, BodyFraming, Framing, framing_fields, metadata_fields
@@ -89,10 +90,14 @@ def upgrade_head(response: ResponseHead) -> bytes:
     return response_head(response, end_to_end(response, keep_upgrade=True), "upgrade")
 
 
-def final_head(
-    response: ResponseHead, client_version: str, framing: BodyFraming, keep_client: bool
-) -> tuple[bytes, bool, bool]:
-    """The final response head for the client: (head, dechunk the body?, keep the client?).
+class FinalHead(NamedTuple):
+    head: bytes  # serialised, for the client
+    dechunk: bool  # the body is relayed de-chunked (an HTTP/1.0 client)
+    keep_client: bool  # the client connection may carry another request
+
+
+def final_head(response: ResponseHead, client_version: str, framing: BodyFraming, keep_client: bool) -> FinalHead:
+    """The final response head for the client, how to relay its body, whether to keep the client.
 
     An HTTP/1.0 client gets a chunked body de-chunked (and the connection closed after);
     a coding it cannot receive (gzip...) is the upstream's ProtocolError (a 502).
@@ -110,7 +115,7 @@ def final_head(
     connection = "keep-alive" if keep_client and http10 else None
     if not keep_client:
         connection = "close"
-    return response_head(response, fields, connection), dechunk, keep_client
+    return FinalHead(response_head(response, fields, connection), dechunk, keep_client)
 
 
 def error_response(status: int, message: str, close: bool, extra: Fields | None = None) -> bytes:

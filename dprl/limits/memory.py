@@ -51,7 +51,7 @@ class MemoryLimiter(Limiter):
     def _uncount(self, key: HostKey, group: str) -> None:
         count_down(self._counts, key)
         if group:
-            count_down(self._shared, group)  # type: ignore[arg-type]
+            count_down(self._shared, group)
 
     def _line_changed(self, line: str) -> None:
         """The waiters of ``line`` in this process changed (one came, left or was admitted)."""

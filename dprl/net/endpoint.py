@@ -9,10 +9,13 @@ nothing of HTTP: what a complete message is, is the caller's ``find`` function.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import gevent
+import gevent.event
 from gevent.socket import wait_read, wait_readwrite, wait_write
 
 from ..errors import ConnectionLost
@@ -194,6 +197,37 @@ class Endpoint:
             sock.settimeout(self.timeout)
 
     # closing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def watch_gone(self) -> Iterator[gevent.event.Event]:
+        """While this side is expected to stay silent (a client waiting for a slot): an
+        event set if the peer leaves.
+
+        Readable means closed (or reset), or bytes sent ahead (a pipelined request, a body):
+        a peek tells which; after bytes nothing more can be told, and the watch stops."""
+        left = gevent.event.Event()
+        fd = self.sock.fileno()
+        watcher = gevent.get_hub().loop.io(fd, 1)
+
+        def readable() -> None:
+            peek = socket.socket(fileno=fd)  # the same descriptor, for one non-blocking peek
+            try:
+                if not peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    left.set()
+            except BlockingIOError:
+                return
+            except OSError:
+                left.set()
+            finally:
+                peek.detach()
+            watcher.stop()
+
+        watcher.start(readable)
+        try:
+            yield left
+        finally:
+            watcher.stop()
+            watcher.close()
+
     def linger(self, total: float = LINGER_TIME, idle: float = LINGER_IDLE) -> None:
         """Half-close, then read and discard until the peer closes (bounded).
 

@@ -22,7 +22,7 @@ from ..errors import LimiterUnavailable, ListenError
 from ..limits.hosts import normalize_host_spec, normalize_limit_spec
 from ..proxy.server import ProxyServer
 from . import snapshot
-from .exposition import host_row, host_rows, render_metrics
+from .exposition import Rendered, host_row, host_rows, render_metrics
 
 StartResponse = Callable[..., object]
 _TEXT = "text/plain; charset=utf-8"
@@ -82,14 +82,14 @@ class AdminServer:
                 return _reply(start_response, 503, f"not ready: {reason}\n".encode(), _TEXT)
             return _reply(start_response, 200, b"ready\n", _TEXT)
         if path in ("/hosts", "/hosts/"):
-            body, _ = self._render(lambda shot: (_hosts_document(shot), _JSON))
+            body, _ = self._render(lambda shot: Rendered(_hosts_document(shot), _JSON))
             return _reply(start_response, 200, body, _JSON)
         if path.startswith("/hosts/"):
             try:
                 key = normalize_host_spec(unquote(path[len("/hosts/") :]))
             except ValueError as exc:
                 return _reply(start_response, 400, f"not a host: {exc}\n".encode(), _TEXT)
-            body, _ = self._render(lambda shot: (_json(host_row(shot, key)), _JSON))
+            body, _ = self._render(lambda shot: Rendered(_json(host_row(shot, key)), _JSON))
             return _reply(start_response, 200, body, _JSON)
         return _reply(start_response, 404, b"not found: try /metrics, /healthz, /readyz or /hosts\n", _TEXT)
 
@@ -124,7 +124,7 @@ class AdminServer:
         by = f"admin client {environ.get('REMOTE_ADDR')}"
         if limiter.mode == "redis":
             try:
-                limiter.change_stored_limit("set" if method == "PUT" else "rm", key, limit, by)  # type: ignore[attr-defined]
+                limiter.change_stored_limit("set" if method == "PUT" else "rm", key, limit, by)  # type: ignore[attr-defined]  # mode "redis": a RedisLimiter
             except LimiterUnavailable as exc:
                 return _reply(start_response, 503, f"{exc}\n".encode(), _TEXT)
         else:
@@ -136,7 +136,7 @@ class AdminServer:
         token, given = self.proxy.settings.admin_token, environ.get("HTTP_AUTHORIZATION", "")
         return write_refusal(token, given, environ.get("REMOTE_ADDR", ""), self.address[0])
 
-    def _render(self, render: Callable[[snapshot.Snapshot], tuple[bytes, str]]) -> tuple[bytes, str]:
+    def _render(self, render: Callable[[snapshot.Snapshot], Rendered]) -> Rendered:
         """Copy in the hub, render in a pool thread (the hub serves the proxy meanwhile)."""
         shot = snapshot.take(self.proxy.limiter, len(self.proxy.sessions))
         return gevent.get_hub().threadpool.apply(render, (shot,))

@@ -8,6 +8,7 @@ were folded for good where they are kept (``dprl.stats``), so each stays monoton
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from prometheus_client import Metric, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -144,10 +145,15 @@ def _shown_first(values: dict[HostKey, int], shown_list: list[HostKey]) -> dict[
     return out
 
 
-def render_metrics(snapshot: Snapshot, accept: str | None) -> tuple[bytes, str]:
+class Rendered(NamedTuple):
+    body: bytes
+    content_type: str
+
+
+def render_metrics(snapshot: Snapshot, accept: str | None) -> Rendered:
     """The exposition (text, or OpenMetrics if ``accept`` asks for it) and its content type."""
     encoder, content_type = choose_encoder(accept or "")
-    return encoder(SnapshotCollector(snapshot)), content_type
+    return Rendered(encoder(SnapshotCollector(snapshot)), content_type)
 
 
 def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
@@ -168,5 +174,5 @@ def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
 def host_rows(snapshot: Snapshot) -> list[dict[str, object]]:
     """Every host with a limit of its own or an open connection, busiest first."""
     rows = [host_row(snapshot, key) for key in snapshot.listed_hosts()]
-    rows.sort(key=lambda r: (-max(r["open"], r.get("fleet_open", 0)), r["host"]))  # type: ignore[call-overload]
+    rows.sort(key=lambda r: (-max(r["open"], r.get("fleet_open", 0)), r["host"]))  # type: ignore[call-overload]  # rows hold ints there
     return rows

@@ -86,10 +86,10 @@ def from_redis(url: str, prefix: str, timeout: float) -> list[dict]:
                 host = match["host"]
                 total = shard.runner.run(COUNT, (name, f"{prefix}:{{{host}}}:leases"), ())
                 if total:
-                    rows.append({"host": host, "fleet_open": int(total)})  # type: ignore[call-overload]
+                    rows.append({"host": host, "fleet_open": int(total)})
     finally:
         topology.close()
-    rows.sort(key=lambda r: (-r["fleet_open"], r["host"]))
+    rows.sort(key=lambda r: (-int(r["fleet_open"]), str(r["host"])))
     return rows
 
 

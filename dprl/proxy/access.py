@@ -44,8 +44,8 @@ class AccessPolicy:
         self.connect_ports = connect_ports
         self.deny_destinations = tuple(deny_destinations)
         # Asked for every connection, answered from a handful of addresses: cache them.
-        self.client_allowed = functools.lru_cache(maxsize=4096)(self._client_allowed)  # type: ignore[method-assign]
-        self.destination_allowed = functools.lru_cache(maxsize=4096)(self._destination_allowed)  # type: ignore[method-assign]
+        self.client_allowed = functools.lru_cache(maxsize=4096)(self._client_allowed)
+        self.destination_allowed = functools.lru_cache(maxsize=4096)(self._destination_allowed)
 
     def _client_allowed(self, address: str) -> bool:
         try:

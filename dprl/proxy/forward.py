@@ -23,7 +23,7 @@ from ..errors import ConnectionLost, UpstreamError
 from ..http import rewrite
 from ..http.errors import ProtocolError
 from ..http.framing import BodyFraming, Framing, response_framing
-from ..http.head import RequestHead, ResponseHead, head_finder, parse_response_head
+from ..http.head import RequestHead, ResponseHead, head_finder, is_interim, parse_response_head
 from ..http.target import Target
 from ..net.endpoint import Endpoint
 from .body import relay_body
@@ -138,7 +138,7 @@ class ForwardExchange:
             if up.buf.find(b"\r\n\r\n") < 0:
                 return len(up.buf) < MAX_RESPONSE_HEAD  # wait for the whole head
             status = _peek_status(up.buf)
-            if status is not None and 100 <= status < 200 and status != 101:
+            if status is not None and is_interim(status):
                 self._relay_interim(self._read_response())
                 return True
             if status is None or status >= 400:
@@ -161,7 +161,7 @@ class ForwardExchange:
         deadline = time.monotonic() + CONTINUE_WAIT
         while (remaining := deadline - time.monotonic()) > 0 and self.upstream.wait_readable(remaining):
             response = self._read_response()
-            if not 100 <= response.status < 200 or response.status == 101:
+            if not is_interim(response.status):
                 return response
             self._relay_interim(response)
             if response.status == 100:
@@ -194,7 +194,7 @@ class ForwardExchange:
 
     def _relay_response(self, response: ResponseHead) -> Outcome:
         request, client, up = self.request, self.client, self.upstream
-        while 100 <= response.status < 200 and response.status != 101:
+        while is_interim(response.status):
             self._relay_interim(response)
             response = self._read_response()
         self.status = response.status
@@ -244,7 +244,7 @@ class ForwardExchange:
             up.set_timeout(EARLY_RESPONSE_WAIT)
             try:
                 response = self._read_response()
-                while 100 <= response.status < 200:
+                while is_interim(response.status):
                     response = self._read_response()
             except (ConnectionLost, UpstreamError):
                 reason = failure or "closed while taking the request body"
@@ -252,9 +252,9 @@ class ForwardExchange:
         self.status = response.status
         try:
             framing = response_framing(response, self.request.method)
-            head, dechunk, _ = rewrite.final_head(response, self.request.version, framing, keep_client=False)
-            client.write(head)
-            relay_body(up, client, framing, dechunk)
+            final = rewrite.final_head(response, self.request.version, framing, keep_client=False)
+            client.write(final.head)
+            relay_body(up, client, framing, final.dechunk)
             client.flush()
         except (ConnectionLost, ProtocolError) as exc:
             self.log.debug("upstream %s: early answer %d cut off: %s", self.label, response.status, exc)

@@ -17,7 +17,7 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import Config
-from ..errors import ListenError
+from ..errors import ListenError, Reason
 from ..limits.limiter import Limiter
 from ..net.dial import OUT_OF_DESCRIPTORS, Resolver, keepalive_options
 from .access import AccessPolicy
@@ -77,7 +77,7 @@ class ProxyServer(StreamServer):
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
-                listener.bind(self.address)
+                listener.bind(self.address)  # type: ignore[has-type]  # gevent's BaseServer sets it
             except OSError:
                 listener.close()
                 raise
@@ -124,7 +124,7 @@ class ProxyServer(StreamServer):
         self.refusals.start()
         self.keepalive_tuner.start()
 
-    def do_read(self):  # type: ignore[no-untyped-def]
+    def do_read(self):
         """Accept, but out of descriptors (EMFILE) pause instead of failing in a loop.
 
         The pending connection stays in the kernel's backlog; accepting resumes after a
@@ -160,7 +160,7 @@ class ProxyServer(StreamServer):
             return
         if not self.access.client_allowed(address[0]):
             self.refusals.record(f"from {address[0]}: client not in --allow-clients")
-            self.limiter.stats.refused(None, "access")
+            self.limiter.stats.refused(None, Reason.ACCESS)
             with contextlib.suppress(OSError):
                 sock.sendall(FORBIDDEN_CLIENT)
             return

@@ -13,14 +13,22 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gevent
 import gevent.event
 
 from ..config import Config
-from ..errors import AccessDenied, ConnectionLost, LimiterUnavailable, LimitExceeded, ProxyError, QueueTimeout
+from ..errors import (
+    AccessDenied,
+    ConnectionLost,
+    LimiterUnavailable,
+    LimitExceeded,
+    ProxyError,
+    QueueTimeout,
+    Reason,
+)
 from ..http import rewrite
 from ..http.errors import ProtocolError
 from ..http.framing import BodyFraming, request_framing
@@ -44,6 +52,11 @@ class ServerState:
 
     def __init__(self) -> None:
         self.stopping = False  # set once: sessions finish what they do and take no new request
+
+
+class Upstream(NamedTuple):
+    connection: UpstreamConnection
+    reused: bool  # kept alive from an earlier request of this client
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +155,7 @@ class ClientSession:
             if not self._authorised(request):
                 extra = [("Proxy-Authenticate", f'Basic realm="{REALM}"')]
                 keep = self._keep(request, has_body)  # the client retries on it with credentials
-                return self._answer(407, "proxy authentication required", keep, extra, has_body, "auth")
+                return self._answer(407, "proxy authentication required", keep, extra, has_body, Reason.AUTH)
             if request.method == "CONNECT":
                 if has_body:
                     raise ProtocolError(400, "CONNECT request with a body")
@@ -156,7 +169,13 @@ class ClientSession:
             if self.client.bytes_out != mark:  # part of an answer is out: only a close is left
                 return False
             keep = self._keep_after_refusal(request, has_body) and not isinstance(exc, ProtocolError)
-            return self._answer(exc.status, str(exc), keep, unread_body=has_body, reason=getattr(exc, "reason", None))
+            return self._answer(
+                exc.status,
+                str(exc),
+                keep,
+                unread_body=has_body,
+                reason=exc.reason if isinstance(exc, ProxyError) else None,
+            )
         except ConnectionLost:
             raise
         except Exception:
@@ -164,7 +183,7 @@ class ClientSession:
             self.context.log.exception("client %s: internal error", self.address)
             if self.client.bytes_out == mark:
                 self.client.out.clear()
-                self._answer(500, "internal error", keep=False, unread_body=has_body, reason="internal")
+                self._answer(500, "internal error", keep=False, unread_body=has_body, reason=Reason.INTERNAL)
             return False
 
     def _keep(self, request: RequestHead, has_body: bool) -> bool:
@@ -199,9 +218,7 @@ class ClientSession:
         if self._response_timer is None and settings.upstream_timeout:
             self._response_timer = gevent.Timeout(settings.upstream_timeout)
         for _ in range(2):
-            reused = self._upstream_for(target, key)
-            upstream = self.upstream
-            assert upstream is not None
+            upstream, reused = self._upstream_for(target, key)
             exchange = ForwardExchange(
                 self.client,
                 upstream.endpoint,
@@ -230,15 +247,15 @@ class ClientSession:
             self.client.linger()
         return outcome.keep_client
 
-    def _upstream_for(self, target: Target, key: str) -> bool:
-        """Make ``self.upstream`` a connection to ``target``; True if it is a reused one."""
+    def _upstream_for(self, target: Target, key: str) -> Upstream:
+        """Make ``self.upstream`` a connection to ``target`` (the one kept alive, if it serves it)."""
         up = self.upstream
         if up is not None:
             if up.serves(target):
-                return True
+                return Upstream(up, reused=True)
             self.close_upstream()
-        self.upstream = self._open_upstream(target, key)
-        return False
+        up = self.upstream = self._open_upstream(target, key)
+        return Upstream(up, reused=False)
 
     # CONNECT -------------------------------------------------------------------------------
     def _serve_connect(self, request: RequestHead) -> None:
@@ -261,7 +278,7 @@ class ClientSession:
     # upstream ------------------------------------------------------------------------------
     def _open_upstream(self, target: Target, key: str) -> UpstreamConnection:
         context = self.context
-        watch = self._watch_client if context.limiter.waiting.policy.timeout else None
+        watch = self.client.watch_gone if context.limiter.waiting.policy.timeout else None
         upstream = UpstreamConnection.open(
             context.limiter, context.dialer, target, key, self.address, context.log, watch
         )
@@ -269,36 +286,6 @@ class ClientSession:
             upstream.access_level = logging.INFO
         context.stats.opened(key, upstream.connect_seconds)
         return upstream
-
-    @contextlib.contextmanager
-    def _watch_client(self) -> Iterator[gevent.event.Event]:
-        """While this connection waits for a slot: an event set if the client leaves.
-
-        Readable means closed (or reset), or bytes sent ahead (a pipelined request, a body):
-        a peek tells which; after bytes nothing more can be told, and the watch stops."""
-        left = gevent.event.Event()
-        fd = self.client.sock.fileno()
-        watcher = gevent.get_hub().loop.io(fd, 1)
-
-        def readable() -> None:
-            peek = socket.socket(fileno=fd)  # the same descriptor, for one non-blocking peek
-            try:
-                if not peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    left.set()
-            except BlockingIOError:
-                return
-            except OSError:
-                left.set()
-            finally:
-                peek.detach()
-            watcher.stop()
-
-        watcher.start(readable)
-        try:
-            yield left
-        finally:
-            watcher.stop()
-            watcher.close()
 
     def close_upstream(self) -> None:
         up, self.upstream = self.upstream, None
@@ -318,7 +305,7 @@ class ClientSession:
             extra = [("Retry-After", str(settings.retry_after))] if settings.retry_after else None
             return self._send_answer(settings.reject_status, message, keep, extra, unread_body)
         context.refusals.record("while the limiter is unavailable")
-        context.stats.refused(self.key, "limiter_unavailable")
+        context.stats.refused(self.key, Reason.LIMITER_UNAVAILABLE)
         return self._send_answer(500, f"connection limiter unavailable: {exc}", keep, unread_body=unread_body)
 
     def _answer(
@@ -328,13 +315,13 @@ class ClientSession:
         keep: bool,
         extra: list | None = None,
         unread_body: bool = False,
-        reason: str | None = None,
+        reason: Reason | None = None,
     ) -> bool:
         """An error answer of ours. Counted per interval at warning level; the details of
         each only at debug, so a flood of bad requests cannot flood the log."""
         if status != 407:
             self.context.refusals.record(f"with status {status}")
-        self.context.stats.refused(self.key, reason or refusal_reason(status))
+        self.context.stats.refused(self.key, reason or Reason.for_status(status))
         self.context.log.debug("client %s: %d %s", self.address, status, message)
         return self._send_answer(status, message, keep, extra, unread_body)
 
@@ -346,16 +333,3 @@ class ClientSession:
         if not keep and unread_body:
             self.client.linger()  # the unread body must not turn our answer into a reset
         return keep
-
-
-def refusal_reason(status: int) -> str:
-    """The ``reason`` label of an answer of ours with this status (see dprl.stats)."""
-    if status == 403:
-        return "access"
-    if status == 407:
-        return "auth"
-    if status in (408, 504):
-        return "timeout"
-    if status in (502, 503):
-        return "upstream_error"
-    return "bad_request" if 400 <= status < 500 or status in (501, 505) else "internal"

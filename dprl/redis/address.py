@@ -83,7 +83,7 @@ class RedisAddress:
                 cert_reqs=reqs,
                 check_hostname=check in _TRUE and reqs != "none",
             )
-        return cls(**fields)  # type: ignore[arg-type]
+        return cls(**fields)  # type: ignore[arg-type]  # each field checked above, by name
 
     def at(self, host: str, port: int) -> RedisAddress:
         """The same credentials, database and TLS, at another server."""

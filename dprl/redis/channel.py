@@ -40,7 +40,7 @@ from gevent.lock import Semaphore
 from ..errors import RedisTimeout, RedisUnavailable
 from ..net.endpoint import send_all
 from .address import RedisAddress
-from .protocol import ProtocolError, ReplyError, new_reader, pack
+from .protocol import ProtocolError, Reader, Reply, ReplyError, new_reader, pack
 
 OnReply = Callable[[object], None]  # gets the reply, or the exception that stands for it
 Build = Callable[[], Sequence[object] | bytes]
@@ -109,12 +109,12 @@ def auth_command(address: RedisAddress) -> tuple[object, ...]:
     return ("AUTH", address.username, address.password) if address.username else ("AUTH", address.password)
 
 
-def read_reply(sock: gsocket.socket, reader: object) -> object:
-    while (reply := reader.gets()) is False:  # type: ignore[attr-defined]
+def read_reply(sock: gsocket.socket, reader: Reader) -> Reply:
+    while (reply := reader.gets()) is False:
         data = sock.recv(65536)
         if not data:
             raise ConnectionResetError("Redis closed the connection")
-        reader.feed(data)  # type: ignore[attr-defined]
+        reader.feed(data)
     return reply
 
 
@@ -227,12 +227,12 @@ class RedisChannel:
         finally:
             self._send.release()
 
-    def call(self, *args: object, deadline: float | None = None) -> object:
+    def call(self, *args: object, deadline: float | None = None) -> Reply:
         """Send one command and wait for its reply (a ReplyError is raised)."""
         deadline = deadline or self.deadline()
         return self.wait(self.send(lambda: args, deadline=deadline), deadline)
 
-    def wait(self, result: AsyncResult, deadline: float | None = None) -> object:
+    def wait(self, result: AsyncResult, deadline: float | None = None) -> Reply:
         deadline = deadline or self.deadline()
         try:
             return result.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -338,17 +338,17 @@ class RedisChannel:
             if isinstance(reply, ReplyError):
                 raise ReplyError(f"{name.split()[0]} refused: {reply}")
             if command == ("CLIENT", "ID"):
-                conn.client_id = int(reply)  # type: ignore[arg-type]
+                conn.client_id = int(reply)
             elif command[0] == "INFO":
-                server_id = _info_field(reply, b"run_id")  # type: ignore[arg-type]
-                if (_info_field(reply, b"redis_mode") == "cluster") != self.cluster:  # type: ignore[arg-type]
+                server_id = _info_field(reply, b"run_id")
+                if (_info_field(reply, b"redis_mode") == "cluster") != self.cluster:
                     raise RedisUnavailable(
                         f"{address} is a Redis Cluster node: give dprl a redis+cluster:// URL"
                         if not self.cluster
                         else f"{address} is not a Redis Cluster node: give dprl a redis:// URL"
                     )
-            elif command[0] == "ROLE" and reply[0] != b"master":  # type: ignore[index]
-                raise RedisUnavailable(f"{address} is a {reply[0].decode()}, not the master")  # type: ignore[index]
+            elif command[0] == "ROLE" and reply[0] != b"master":
+                raise RedisUnavailable(f"{address} is a {reply[0].decode()}, not the master")
         return server_id
 
     # reading and writing ---------------------------------------------------------------
@@ -387,8 +387,8 @@ class RedisChannel:
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionResetError("Redis closed the connection")
-                reader.feed(data)  # type: ignore[attr-defined]
-                while (reply := reader.gets()) is not False:  # type: ignore[attr-defined]
+                reader.feed(data)
+                while (reply := reader.gets()) is not False:
                     if not self._dispatch(conn, reply):
                         return
             except Exception as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from .address import RedisDeployment
 from .scripts import FORGET
@@ -23,7 +24,8 @@ def scan(shard: Shard, pattern: str) -> Iterator[str]:
     """Every key name on ``shard`` matching the glob ``pattern``."""
     cursor: object = b"0"
     while True:
-        cursor, keys = shard.channel.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)  # type: ignore[misc]
+        reply: Any = shard.channel.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)  # {cursor, keys}
+        cursor, keys = reply
         yield from (name.decode() for name in keys)
         if cursor in (b"0", 0):
             return
@@ -33,7 +35,7 @@ def open_topology(url: str, prefix: str, timeout: float, name: str) -> Topology:
     """Connections to every primary of ``url`` (a Cluster's slot map read first)."""
     topology = make_topology(RedisDeployment.from_url(url), prefix, timeout, name, lambda shard: None)
     if topology.kind == "cluster":
-        topology.refresh()  # type: ignore[attr-defined]
+        topology.refresh()  # type: ignore[attr-defined]  # kind "cluster": a ClusterTopology
     return topology
 
 
@@ -45,7 +47,7 @@ def forget_worker(url: str, prefix: str, worker: str, timeout: float) -> int:
         for shard in topology.shards():
             for name in scan(shard, glob_escape(prefix) + ":*:counts"):
                 leases = name[: -len("counts")] + "leases"
-                forgotten += int(shard.runner.run(FORGET, (name, leases), (worker,)))  # type: ignore[call-overload]
+                forgotten += int(shard.runner.run(FORGET, (name, leases), (worker,)))
             for name in scan(shard, glob_escape(prefix) + ":*:waiting"):
                 shard.runner.run(FORGET, (name, name), (worker,))
     finally:

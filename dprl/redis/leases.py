@@ -11,9 +11,15 @@ That is when ``--on-lease-loss`` acts: before any other worker can see the lease
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..limits.hosts import HostKey
 from .topology import Shard
+
+
+class Lapsing(NamedTuple):
+    keys: set[HostKey]
+    since: float  # seconds since the oldest of them was set
 
 
 class LeaseBook:
@@ -59,17 +65,17 @@ class LeaseBook:
         floor = shard.lease_floor
         return floor is not None and now >= floor + self.ttl - self.margin
 
-    def lapsing(self, shard: Shard, now: float) -> tuple[set[HostKey], float]:
+    def lapsing(self, shard: Shard, now: float) -> Lapsing:
         """Keys whose lease on ``shard`` is lapsing and not yet acted on (they are then marked
         acted on), and how long ago the oldest of them was set."""
         if not self.lapsed(shard, now):
-            return set(), 0.0
+            return Lapsing(set(), 0.0)
         cutoff = now - self.ttl + self.margin
         keys = {k for k in self._held_on(shard) if self._set_at.get(k, now) <= cutoff} - self._acted_on
         if not keys:
-            return set(), 0.0
+            return Lapsing(set(), 0.0)
         self._acted_on |= keys
-        return keys, now - min(self._set_at[k] for k in keys)
+        return Lapsing(keys, now - min(self._set_at[k] for k in keys))
 
     def next_deadline(self, shard: Shard, now: float) -> float | None:
         """When the next lease on ``shard`` not yet acted on starts lapsing (None: none held)."""

@@ -34,6 +34,7 @@ from .bridge import HubBridge
 from .counts import WorkerCounts
 from .keys import KeySpace
 from .leases import LeaseBook
+from .protocol import Reply
 from .refresh import Refresher
 from .routing import FAILURES, Router, failure_kind, is_redirect
 from .scripts import ACQUIRE, COUNT, LEAVE, RELEASE, AcquireReply, is_noscript
@@ -218,9 +219,9 @@ class RedisLimiter(Limiter):
             sent_at = time.monotonic()
             self.counts.count(key)  # counted as the acquire leaves, in order with the refreshes
 
-        def on_reply(reply: object) -> None:
+        def on_reply(reply: Reply) -> None:
             # Runs in the channel's reader as the reply arrives: no refresh sees it half-done.
-            admitted = not isinstance(reply, BaseException) and reply[0] == 1  # type: ignore[index]
+            admitted = not isinstance(reply, BaseException) and reply[0] == 1
             if not admitted:
                 self.counts.uncount(key)  # refused, not run (NOSCRIPT, MOVED), or unknown: a refresh settles it
             elif abandoned:
@@ -296,7 +297,7 @@ class RedisLimiter(Limiter):
         except FAILURES as exc:
             acknowledged = 0
             self.refresher.mark_down(shard, exc)
-        if int(acknowledged) < self.wait_replicas:  # type: ignore[call-overload]
+        if int(acknowledged) < self.wait_replicas:
             slot.release()
             raise LimiterUnavailable(f"only {acknowledged} of {self.wait_replicas} replicas confirmed the admission")
 
@@ -370,7 +371,7 @@ class RedisLimiter(Limiter):
         def count(topology: Topology) -> int:
             shard = topology.shard_for(self.keyspace.tag(key))
             counts, leases, _ = self.keyspace.keys(key)
-            return int(shard.runner.run(COUNT, (counts, leases), ()))  # type: ignore[call-overload]
+            return int(shard.runner.run(COUNT, (counts, leases), ()))
 
         return self.bridge.call(count)
 

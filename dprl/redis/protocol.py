@@ -9,11 +9,12 @@ back as ``ReplyError`` values (not raised), so a reply stays matched to its comm
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 try:
     import hiredis
 except ImportError:  # the pure-Python reader below serves instead
-    hiredis = None
+    hiredis = None  # type: ignore[assignment]  # an optional module: None when not installed
 
 
 class ReplyError(Exception):
@@ -39,6 +40,18 @@ def pack(command: Sequence[object]) -> bytes:
 
 _INCOMPLETE = object()
 
+# A decoded RESP reply: int, bytes, None, a list of replies, or a ReplyError. RESP is
+# dynamically typed: each script's contract (scripts.py) names what its reply holds.
+Reply = Any
+
+
+class Reader(Protocol):
+    """What dprl needs of a reply reader (hiredis.Reader, or RespReader)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def gets(self) -> Reply: ...
+
 
 class RespReader:
     """Replies from a RESP2 byte stream, in pure Python (``hiredis.Reader``'s interface)."""
@@ -49,7 +62,7 @@ class RespReader:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    def gets(self) -> object:
+    def gets(self) -> Reply:
         value, end = self._parse(0)
         if value is _INCOMPLETE:
             return False
@@ -92,7 +105,7 @@ class RespReader:
         raise ProtocolError(f"not a RESP reply: {bytes(buf[pos : pos + 40])!r}")
 
 
-def new_reader() -> object:
+def new_reader() -> Reader:
     """hiredis's reader if it is installed, else the pure-Python one."""
     if hiredis is not None:
         return hiredis.Reader(replyError=ReplyError, protocolError=ProtocolError)

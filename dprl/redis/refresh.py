@@ -48,6 +48,11 @@ RETRY_INTERVAL = 1.0  # while a shard is down, admission uses the policy for thi
 Fence = Callable[[set[HostKey]], int]  # closes the connections of these keys; how many
 
 
+def _command(*parts: object) -> Build:
+    """A command known in full now (a Build is called as the command leaves)."""
+    return lambda: parts
+
+
 class Refresher:
     def __init__(
         self,
@@ -140,7 +145,7 @@ class Refresher:
         if shard.channel.kill_refused:
             self.log.warning("Redis %s refused CLIENT KILL: a dead connection's late commands can land", shard.name)
         commands: list[tuple[Build, OnReply | None]] = [
-            (lambda script=script: ("SCRIPT", "LOAD", script.source), None) for script in ALL
+            (_command("SCRIPT", "LOAD", script.source), None) for script in ALL
         ]
         if connected.first:
             return commands
@@ -319,8 +324,7 @@ class Refresher:
             return
         deadline = shard.channel.deadline()
         results = [
-            shard.channel.send(lambda m=marker: ("PEXPIRE", m, self.key_ttl_ms), deadline=deadline)
-            for marker in markers
+            shard.channel.send(_command("PEXPIRE", marker, self.key_ttl_ms), deadline=deadline) for marker in markers
         ]
         for marker, result in zip(markers, results, strict=True):
             if shard.channel.wait(result, deadline) == 0:  # gone: Redis lost data

@@ -14,9 +14,16 @@ from importlib import resources
 from typing import NamedTuple
 
 from .channel import OnReply, RedisChannel
-from .protocol import ReplyError, pack
+from .protocol import Reply, ReplyError, pack
 
 MAX_CACHED_COMMANDS = 10000
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+_COMMON = _read("common")  # helpers every script starts with (lua/common.lua)
 
 
 class Script:
@@ -24,7 +31,7 @@ class Script:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+        self.source = _COMMON + _read(name)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __repr__(self) -> str:
@@ -72,7 +79,7 @@ class ScriptRunner:
         on_reply: OnReply | None = None,
         deadline: float | None = None,
         asking: bool = False,
-    ) -> object:
+    ) -> Reply:
         """Send the script's command and wait for its reply (ReplyError and RedisUnavailable raise).
 
         ``args`` is a tuple (the command is encoded once and cached) or a function read as

@@ -15,6 +15,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gevent
 import gevent.event
@@ -54,8 +55,9 @@ class StoredLimits:
 
 def read(runner: ScriptRunner, prefix: str, known: str = "") -> StoredLimits | None:
     """The stored limits; None if their version is ``known`` (nothing changed)."""
-    version, default, flat = runner.run(LIMITS_READ, limit_keys(prefix), (known,))  # type: ignore[misc]
-    version = version.decode() if isinstance(version, bytes) else str(version)
+    reply: Any = runner.run(LIMITS_READ, limit_keys(prefix), (known,))  # limits_read.lua: {version, default, flat}
+    raw_version, default, flat = reply
+    version = raw_version.decode() if isinstance(raw_version, bytes) else str(raw_version)
     if flat is None or flat is False:
         return None if version == known else StoredLimits(version)
     limits = {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -68,7 +70,7 @@ def change(runner: ScriptRunner, prefix: str, op: str, host: str = "", limit: in
     if op in ("set", "default") and limit < 0:
         raise ValueError(f"limit must be 0 (unlimited) or more, got {limit}")
     args = (op, key, int(limit), limits_channel(prefix), by or who())
-    return int(runner.run(LIMITS, limit_keys(prefix), args))  # type: ignore[call-overload]
+    return int(runner.run(LIMITS, limit_keys(prefix), args))
 
 
 class LimitSync:

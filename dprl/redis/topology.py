@@ -205,7 +205,7 @@ class ClusterTopology(Topology):
             if isinstance(reply, ReplyError):
                 errors.append(f"{address}: {reply}")
                 continue
-            for start, end, primary, *_replicas in reply:  # type: ignore[union-attr]
+            for start, end, primary, *_replicas in reply:  # type: ignore[attr-defined]  # CLUSTER SLOTS: a list
                 host = primary[0].decode() or address.host
                 name = self._shard(host, int(primary[1])).name
                 for slot in range(int(start), int(end) + 1):

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 
 from prometheus_client import Metric
 from prometheus_client.exposition import choose_encoder
@@ -36,6 +37,29 @@ _SAME_EVERYWHERE = (
 _EARLIEST = ("process_start_time_seconds",)
 _LOWEST = ("dprl_redis_up",)
 TIMEOUT = 2.0
+
+
+class Fetched(NamedTuple):
+    """A worker's answer to the supervisor."""
+
+    status: int
+    body: bytes
+
+
+class Answer(NamedTuple):
+    """The supervisor's answer to an admin client."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+def _text(status: int, body: bytes) -> Answer:
+    return Answer(status, body, "text/plain")
+
+
+def _json(status: int, body: bytes) -> Answer:
+    return Answer(status, body, "application/json")
 
 
 def merge_metrics(texts: Iterable[str]) -> list[Metric]:
@@ -142,23 +166,23 @@ class MachineAdmin:
         path = request.path.split("?", 1)[0]
         urls = self.workers()
         if path == "/healthz" and method == "GET":
-            status, body, kind = (200, b"ok\n", "text/plain") if urls else (503, b"no worker running\n", "text/plain")
+            status, body, kind = _text(200, b"ok\n") if urls else _text(503, b"no worker running\n")
         elif path == "/readyz" and method == "GET":
             status, body, kind = self._ready(urls)
         elif path == "/metrics" and method == "GET":
             texts = [self._fetch(url + "/metrics")[1].decode() for url in urls]
-            encoder, kind = choose_encoder(request.headers.get("Accept") or "")
-            status, body = 200, encoder(_Families(merge_metrics(texts)))
+            encoder, content_type = choose_encoder(request.headers.get("Accept") or "")
+            status, body, kind = Answer(200, encoder(_Families(merge_metrics(texts))), content_type)
         elif path == "/hosts" and method == "GET":
             document = merge_hosts(json.loads(self._fetch(url + "/hosts")[1]) for url in urls)
-            status, body, kind = 200, json.dumps(document, separators=(",", ":")).encode() + b"\n", "application/json"
+            status, body, kind = _json(200, json.dumps(document, separators=(",", ":")).encode() + b"\n")
         elif path.startswith("/hosts/") and method == "GET":
             document = merge_hosts({"hosts": [json.loads(self._fetch(url + path)[1])]} for url in urls)
-            status, body, kind = 200, json.dumps(document["hosts"][0]).encode() + b"\n", "application/json"
+            status, body, kind = _json(200, json.dumps(document["hosts"][0]).encode() + b"\n")
         elif path == "/limits" or path.startswith("/limits/"):
             status, body, kind = self._forward(request, method, urls)
         else:
-            status, body, kind = 404, b"not found: try /metrics, /healthz, /readyz or /hosts\n", "text/plain"
+            status, body, kind = _text(404, b"not found: try /metrics, /healthz, /readyz or /hosts\n")
         request.send_response(status)
         request.send_header("Content-Type", kind)
         request.send_header("Content-Length", str(len(body)))
@@ -166,26 +190,26 @@ class MachineAdmin:
         request.end_headers()
         request.wfile.write(body)
 
-    def _ready(self, urls: list[str]) -> tuple[int, bytes, str]:
+    def _ready(self, urls: list[str]) -> Answer:
         if self.stopping():
-            return 503, b"not ready: shutting down\n", "text/plain"
+            return _text(503, b"not ready: shutting down\n")
         if not urls:
-            return 503, b"not ready: no worker running\n", "text/plain"
+            return _text(503, b"not ready: no worker running\n")
         for url in urls:
             status, body = self._fetch(url + "/readyz")
             if status != 200:
-                return 503, body, "text/plain"
-        return 200, b"ready\n", "text/plain"
+                return _text(503, body)
+        return _text(200, b"ready\n")
 
-    def _forward(self, request: BaseHTTPRequestHandler, method: str, urls: list[str]) -> tuple[int, bytes, str]:
+    def _forward(self, request: BaseHTTPRequestHandler, method: str, urls: list[str]) -> Answer:
         """Limits: one worker answers for all; in local mode every worker takes each write."""
         if not urls:
-            return 503, b"no worker running\n", "text/plain"
+            return _text(503, b"no worker running\n")
         if method != "GET":
-            given, bind = request.headers.get("Authorization") or "", self.server.server_address[0]
+            given, bind = request.headers.get("Authorization") or "", str(self.server.server_address[0])
             refusal = write_refusal(self.token, given, request.client_address[0], bind)
             if refusal:
-                return 403, f"forbidden: {refusal}\n".encode(), "text/plain"
+                return _text(403, f"forbidden: {refusal}\n".encode())
         length = int(request.headers.get("Content-Length") or 0)
         data = request.rfile.read(length) if length else None
         headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
@@ -198,7 +222,7 @@ class MachineAdmin:
                 status, body = answers[0]
                 if all(200 <= code < 300 for code, _ in answers):
                     self.journal.append((method, request.path, data, headers))
-        return status, body, "application/json" if body.startswith(b"{") else "text/plain"
+        return _json(status, body) if body.startswith(b"{") else _text(status, body)
 
     def replay(self, url: str) -> None:
         """A worker that (re)started gets the limit changes made since the start, in order."""
@@ -208,18 +232,16 @@ class MachineAdmin:
                 if not 200 <= status < 300:
                     self.log.error("replaying %s %s to %s: %d %s", method, path, url, status, body[:200])
 
-    def _fetch(
-        self, url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None
-    ) -> tuple[int, bytes]:
+    def _fetch(self, url: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None) -> Fetched:
         try:
             with urllib.request.urlopen(
                 urllib.request.Request(url, data=data, method=method, headers=headers or {}), timeout=TIMEOUT
             ) as answer:
-                return answer.status, answer.read()
+                return Fetched(answer.status, answer.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+            return Fetched(exc.code, exc.read())
         except OSError as exc:
-            return 503, f"worker unreachable: {exc}\n".encode()
+            return Fetched(503, f"worker unreachable: {exc}\n".encode())
 
 
 class _Families:

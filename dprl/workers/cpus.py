@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def cgroup_quota(proc: str = "/proc/self") -> Quota | None:
     return min(found, key=lambda q: q.cpus, default=None)
 
 
-def _member_path(memberships: list[str], match) -> str | None:  # type: ignore[no-untyped-def]
+def _member_path(memberships: list[str], match: Callable[[str, str], bool]) -> str | None:
     for line in memberships:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")

@@ -35,8 +35,7 @@ if not epoch then
 elseif ARGV[5] ~= '' and epoch ~= ARGV[5] then
   return {-1, 0, -1, epoch, 0, 0, 0}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now, now_us = redis_clock()
 -- Read everything first, write after: a key emptied by a write must not be touched again
 -- in this script (during a Cluster resharding that is an error, "non local key").
 -- A count is a hash (worker -> open connections) and a lease zset (worker -> expiry):
@@ -115,7 +114,7 @@ if queued then
   local head = redis.call('ZRANGE', KEYS[4], 0, window - 1)
   local alive = {}
   for _, ticket in ipairs(head) do
-    local worker = string.match(ticket, '^(.*)|')
+    local worker = ticket_worker(ticket)
     if alive[worker] == nil then
       alive[worker] = tonumber(redis.call('ZSCORE', KEYS[5], worker) or 0) > now
     end
@@ -154,7 +153,7 @@ if has_queue and (queued or ARGV[7] ~= '') then
     end
   elseif admitted == 0 and ARGV[7] ~= '' then
     if mine == nil then  -- arrival order: Redis's clock, in microseconds
-      redis.call('ZADD', KEYS[4], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[7])
+      redis.call('ZADD', KEYS[4], now_us, ARGV[7])
     end
     redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[1])
     redis.call('PEXPIRE', KEYS[4], ARGV[4])
@@ -163,7 +162,7 @@ if has_queue and (queued or ARGV[7] ~= '') then
   -- Slots still free go to the oldest live waiters: wake their workers (one message each).
   local woken = {}
   for i = 1, math.min((room or 0) - admitted, #live) do
-    local worker = string.match(live[i], '^(.*)|')
+    local worker = ticket_worker(live[i])
     if worker == ARGV[1] then
       wake_self = 1
     elseif not woken[worker] then

@@ -2,8 +2,7 @@
 --
 -- KEYS[1]  counts hash, KEYS[2]  leases zset (as in acquire.lua)
 -- Returns the sum of the counts of workers whose lease has not expired. Read-only.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_clock()
 local fields = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 1, #fields, 2 do

@@ -7,15 +7,8 @@
 -- waiter left is woken in its place. Returns 1 if the ticket was queued, else 0.
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if ARGV[4] == '1' then
-  redis.call('ZREM', KEYS[2], string.match(ARGV[1], '^(.*)|'))
+  redis.call('ZREM', KEYS[2], ticket_worker(ARGV[1]))
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for _, ticket in ipairs(redis.call('ZRANGE', KEYS[1], 0, 31)) do
-  local worker = string.match(ticket, '^(.*)|')
-  if tonumber(redis.call('ZSCORE', KEYS[2], worker) or 0) > now then
-    redis.call('PUBLISH', ARGV[2] .. worker, ARGV[3])
-    break
-  end
-end
+local now = redis_clock()
+wake_first_live(redis.call('ZRANGE', KEYS[1], 0, 31), KEYS[2], ARGV[2], ARGV[3], now)
 return removed

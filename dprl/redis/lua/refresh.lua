@@ -29,8 +29,7 @@ else
   end
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = redis_clock()
 -- Read first, write after (see acquire.lua): no key is touched once a write emptied it.
 local fields = redis.call('HGETALL', KEYS[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)

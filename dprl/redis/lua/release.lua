@@ -25,15 +25,8 @@ local function wake_oldest()
   if #head == 0 then
     return
   end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  for _, ticket in ipairs(head) do
-    local worker = string.match(ticket, '^(.*)|')
-    if tonumber(redis.call('ZSCORE', KEYS[5], worker) or 0) > now then
-      redis.call('PUBLISH', ARGV[3] .. worker, ARGV[4])
-      return
-    end
-  end
+  local now = redis_clock()
+  wake_first_live(head, KEYS[5], ARGV[3], ARGV[4], now)
 end
 -- One slot less for this worker in a count (hash + leases), deleting what it empties.
 local function take_one(counts, leases, mine)
