@@ -1,30 +1,31 @@
 """Command line: flags > env vars > INI file > defaults, into one Config.
 
 The flags, env vars and INI keys are built from the option table (``Config``'s fields),
-so ``--help``, the INI parser and the README's table cannot drift from it. A bad value
+so ``--help``, the INI parser and the table in docs/configuration.md cannot drift from it. A bad value
 ends the process with one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import logging
 import resource
 import signal
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import IO, NoReturn
+from collections.abc import Callable, Sequence
+from typing import IO, Any, NoReturn
 
 import configargparse
 import gevent
 
-from .config import Config, flag, options, parse_host_limit, parse_shared_limit, parser_for
+from .config import Config, flag, grouped_options, options, parse_host_limit, parse_shared_limit, parser_for
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
 from .version import __version__
-from .workers.cpus import CpuCount
+from .workers.cpus import CpuCount, usable_cpus
 from .workers.seat import Seat, follow_supervisor, tell_ready
 from .workers.supervisor import Supervisor
 
@@ -80,7 +81,7 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def _converter(spec) -> object:
+def _converter(spec: Any) -> Callable[[str], object]:
     """argparse's ``type=``: the option's parser, with its errors as argparse errors."""
     parse = parser_for(spec)
 
@@ -109,21 +110,27 @@ def build_parser() -> configargparse.ArgParser:
     parser.add_argument(
         "--config", env_var="DPRL_CONFIG", is_config_file=True, help="INI file with any of these options"
     )
-    for spec in options():
-        meta = spec.metadata
-        default = spec.default if not callable(spec.default_factory) else ""
-        parser.add_argument(
-            flag(spec),
-            env_var=meta["env"],
-            type=_converter(spec),
-            default=default,
-            metavar=meta["metavar"],
-            help=meta["help"],
-        )
-        if meta["repeat_flag"] is not None:
-            repeat, metavar, text = meta["repeat_flag"]
-            parser.add_argument(repeat, action="append", default=[], metavar=metavar, help=text)
+    for title, specs in grouped_options():
+        group = parser.add_argument_group(title)
+        for spec in specs:
+            _add_option(group, spec)
     return parser
+
+
+def _add_option(group: argparse._ArgumentGroup, spec: Any) -> None:
+    meta = spec.metadata
+    default = spec.default if not callable(spec.default_factory) else ""
+    group.add_argument(
+        flag(spec),
+        env_var=meta["env"],
+        type=_converter(spec),
+        default=default,
+        metavar=meta["metavar"],
+        help=meta["help"],
+    )
+    if meta["repeat_flag"] is not None:
+        repeat, metavar, text = meta["repeat_flag"]
+        group.add_argument(repeat, action="append", default=[], metavar=metavar, help=text)
 
 
 def parse_config(argv: Sequence[str] | None = None, reloading: bool = False) -> Config:
@@ -178,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return limits_main(args[1:])
     config = parse_config(args)
     identity = Seat.from_env()
-    workers = config.worker_count() if identity is None else None
+    workers = _worker_count(config) if identity is None else None
     if workers is not None and workers.count > 1:
         return _supervise(config, args, workers)
     name = "dprl" if identity is None else f"dprl.w{identity.index}"
@@ -206,6 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"dprl: error: {exc.strerror}\n")
         return 2
     return 0
+
+
+def _worker_count(config: Config) -> CpuCount:
+    """How many worker processes, and why (``auto``: the CPUs this process may use)."""
+    if config.workers == "auto":
+        return usable_cpus()
+    return CpuCount(int(config.workers), "--workers")
 
 
 def _supervise(config: Config, argv: list[str], workers: CpuCount) -> int:

@@ -1,8 +1,8 @@
-"""Every option of dprl, defined once: flag, env var, default, type, check, help, README row.
+"""Every option of dprl, defined once: flag, env var, default, type, check, help, group, docs row.
 
 ``Config`` is a frozen dataclass whose fields *are* the option table: the CLI builds its
 flags, env vars and INI keys from the fields' metadata, the library passes keywords,
-``scripts/options-table`` prints the README's table from it (a test holds the two
+``scripts/options-table`` prints docs/configuration.md's table from it (a test holds the two
 together), and each value is checked and normalised exactly once, when a Config is made.
 A bad value is a ``ConfigError`` with a one-line message meant for a user.
 """
@@ -20,7 +20,6 @@ from .http.target import split_authority
 from .limits.hosts import HostKey, SharedCap, normalize_limit_spec
 from .redact import MASK, masked_url
 from .redis.address import RedisDeployment
-from .workers.cpus import CpuCount, usable_cpus
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
@@ -225,7 +224,7 @@ def option(
     env: str,
     parse: Callable[[str], Any] | None = None,
     check: Callable[[Any], Any] | None = None,
-    readme_default: str | None = None,
+    docs_default: str | None = None,
     metavar: str | None = None,
     repeat_flag: tuple[str, str, str] | None = None,
     secret: bool = False,
@@ -238,7 +237,7 @@ def option(
         "help": help,
         "parse": parse,
         "check": check,
-        "readme_default": readme_default,
+        "docs_default": docs_default,
         "metavar": metavar,
         "repeat_flag": repeat_flag,
         "secret": secret,  # shown masked (redact.py) wherever a Config is rendered
@@ -256,8 +255,8 @@ class Config:
     bind: str = option("0.0.0.0", "address to listen on", env="DPRL_BIND", check=_not_empty)
     workers: str = option(
         "1",
-        "worker processes sharing the port (auto = one per CPU); in local mode they share one cap "
-        "per machine through shared memory",
+        "worker processes sharing the port (auto = the CPUs this process may use: affinity, cgroup "
+        "quota); in local mode they share one cap per machine through shared memory",
         env="DPRL_WORKERS",
         check=_workers,
     )
@@ -276,7 +275,7 @@ class Config:
         env="DPRL_HOST_LIMITS",
         parse=parse_host_limits,
         check=_host_limits,
-        readme_default="",
+        docs_default="",
         metavar="HOST=N,...",
         repeat_flag=(
             "--host-limit",
@@ -290,7 +289,7 @@ class Config:
         env="DPRL_SHARED_LIMITS",
         parse=parse_shared_limits,
         check=_shared_limits,
-        readme_default="",
+        docs_default="",
         metavar="NAME=N:HOSTS;...",
         repeat_flag=(
             "--shared-limit",
@@ -328,7 +327,7 @@ class Config:
         "close a tunnel that carried no byte either way for this many seconds (0 = never)",
         env="DPRL_TUNNEL_IDLE_TIMEOUT",
         check=_at_least(0, "0 (off) or more"),
-        readme_default="0 (off)",
+        docs_default="0 (off)",
     )
     tcp_keepalive: float = option(
         60.0,
@@ -357,7 +356,7 @@ class Config:
         DEFAULT_ALLOW_CLIENTS,
         "comma-separated CIDRs of clients allowed to use the proxy (others get 403)",
         env="DPRL_ALLOW_CLIENTS",
-        readme_default="loopback + private ranges",
+        docs_default="loopback + private ranges",
     )
     proxy_auth: str = option(
         "",
@@ -372,7 +371,7 @@ class Config:
         "",
         "ports CONNECT may reach, e.g. 443,8443,9000-9100 (empty = any)",
         env="DPRL_CONNECT_PORTS",
-        readme_default="any",
+        docs_default="any",
     )
     deny_destinations: str = option(
         DEFAULT_DENY_DESTINATIONS,
@@ -392,7 +391,7 @@ class Config:
         "log one line per finished upstream connection at info level (host, client, status, bytes)",
         env="DPRL_ACCESS_LOG",
         parse=parse_bool,
-        readme_default="false",
+        docs_default="false",
     )
     log_format: str = option(
         "text", "text, or json (one JSON object a line)", env="DPRL_LOG_FORMAT", check=_one_of(LOG_FORMATS)
@@ -415,7 +414,7 @@ class Config:
         "seconds a connection over the cap waits for a slot, first come first served (0 = refuse at once)",
         env="DPRL_QUEUE_TIMEOUT",
         check=_at_least(0, "0 (no waiting) or more"),
-        readme_default="0 (refuse at once)",
+        docs_default="0 (refuse at once)",
     )
     max_queue: int = option(
         1000,
@@ -429,7 +428,7 @@ class Config:
         "port of the admin listener: /metrics, /healthz, /readyz, /hosts (0 = off)",
         env="DPRL_ADMIN_PORT",
         check=_port,
-        readme_default="0 (off)",
+        docs_default="0 (off)",
     )
     admin_bind: str = option("127.0.0.1", "address of the admin listener", env="DPRL_ADMIN_BIND", check=_not_empty)
     admin_token: str = option(
@@ -529,12 +528,6 @@ class Config:
             shown.append(f"{spec.name}={value!r}")
         return f"Config({', '.join(shown)})"
 
-    def worker_count(self) -> CpuCount:
-        """How many worker processes, and why (``auto``: the CPUs this process may use)."""
-        if self.workers == "auto":
-            return usable_cpus()
-        return CpuCount(int(self.workers), "--workers")
-
     def shared_caps(self) -> list[SharedCap]:
         return [
             SharedCap(
@@ -568,6 +561,62 @@ def options() -> list[Any]:
     return [spec for spec in fields(Config) if spec.init]
 
 
+# The groups ``--help`` and the option table show, in order: every option is in one.
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("listener", ("port", "bind", "workers", "max_clients")),
+    ("limits", ("max_connections", "host_limits", "shared_limits", "reject_status", "retry_after")),
+    ("queueing", ("queue_timeout", "max_queue")),
+    (
+        "timeouts",
+        (
+            "connect_timeout",
+            "upstream_timeout",
+            "header_timeout",
+            "idle_timeout",
+            "tunnel_idle_timeout",
+            "tcp_keepalive",
+            "shutdown_timeout",
+        ),
+    ),
+    (
+        "access and security",
+        (
+            "allow_clients",
+            "proxy_auth",
+            "proxy_auth_file",
+            "connect_ports",
+            "deny_destinations",
+            "max_request_line",
+            "max_header_size",
+            "max_header_count",
+        ),
+    ),
+    ("logging", ("log_level", "log_format", "access_log", "refusal_log_interval")),
+    ("admin", ("admin_port", "admin_bind", "admin_token", "metrics_max_hosts")),
+    (
+        "Redis (distributed mode)",
+        (
+            "redis_url",
+            "redis_addr",
+            "redis_password",
+            "redis_db",
+            "redis_prefix",
+            "redis_timeout",
+            "lease_ttl",
+            "on_redis_error",
+            "on_lease_loss",
+            "redis_wait_replicas",
+        ),
+    ),
+)
+
+
+def grouped_options() -> list[tuple[str, list[Any]]]:
+    """The options by group, in GROUPS' order."""
+    by_name = {spec.name: spec for spec in options()}
+    return [(title, [by_name[name] for name in names]) for title, names in GROUPS]
+
+
 def flag(spec: Any) -> str:
     return "--" + spec.name.replace("_", "-")
 
@@ -579,8 +628,8 @@ def parser_for(spec: Any) -> Callable[[str], Any]:
     return {"int": int, "float": float, "str": str}[spec.type]
 
 
-def readme_default(spec: Any) -> str:
-    shown = spec.metadata["readme_default"]
+def docs_default(spec: Any) -> str:
+    shown = spec.metadata["docs_default"]
     if shown is not None:
         return shown
     return (
@@ -596,14 +645,16 @@ DEFAULTS = Config()
 
 
 def markdown_table() -> str:
-    """The README's table of options, rendered from the fields (``scripts/options-table``)."""
+    """The table of options in docs/configuration.md, by group, rendered from the fields
+    (``scripts/options-table``)."""
     rows = ["| flag | env var | default | meaning |", "|---|---|---|---|"]
-    for spec in options():
-        meta = spec.metadata
-        shown = readme_default(spec)
-        rows.append(f"| `{flag(spec)}` | `{meta['env']}` | {shown} | {meta['help']} |")
-        if meta["repeat_flag"] is not None:
-            repeat, metavar, text = meta["repeat_flag"]
-            rows.append(f"| `{repeat} {metavar}` | | | {text} |")
+    for title, specs in grouped_options():
+        rows.append(f"| **{title}** | | | |")
+        for spec in specs:
+            meta = spec.metadata
+            rows.append(f"| `{flag(spec)}` | `{meta['env']}` | {docs_default(spec)} | {meta['help']} |")
+            if meta["repeat_flag"] is not None:
+                repeat, metavar, text = meta["repeat_flag"]
+                rows.append(f"| `{repeat} {metavar}` | | | {text} |")
     rows.append("| `--config` | `DPRL_CONFIG` | | INI file holding any of the above |")
     return "\n".join(rows)

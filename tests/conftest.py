@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -13,8 +12,9 @@ from hypothesis import settings
 
 from dprl import ProxyRateLimiter
 
-from .redis_server import RedisServer, leftover_keys
-from .upstream import CountingUpstream, EchoServer, RawOrigin
+from .support.network import assert_no_slots, wait_for
+from .support.redis_server import RedisServer, leftover_keys
+from .support.upstream import CountingUpstream, EchoServer, RawOrigin
 
 # The same examples on every run: a test suite that passes once passes again (set
 # DPRL_HYPOTHESIS_RANDOM=1 to explore new inputs while developing).
@@ -22,18 +22,15 @@ settings.register_profile("deterministic", derandomize=True)
 settings.register_profile("explore", derandomize=False, max_examples=2000)
 settings.load_profile("explore" if os.environ.get("DPRL_HYPOTHESIS_RANDOM") else "deterministic")
 
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; for state another thread changes without an event."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
+KINDS = ("unit", "integration", "faults", "soak")  # tests/KIND/: pytest -m KIND runs one kind
 
 
-def assert_no_slots(proxy: ProxyRateLimiter) -> None:
-    wait_for(lambda: not proxy.limiter.process_counts(), what="all slots released")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its kind, the folder it lives in."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 @pytest.fixture
@@ -106,36 +103,6 @@ def make_proxy() -> Iterator[Callable[..., ProxyRateLimiter]]:
 @pytest.fixture
 def proxy(make_proxy: Callable[..., ProxyRateLimiter]) -> ProxyRateLimiter:
     return make_proxy()
-
-
-def proxy_connect(proxy: ProxyRateLimiter, target: str) -> tuple[socket.socket, bytes]:
-    """Open a CONNECT tunnel by hand; returns the socket and the proxy's response head."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    return sock, read_head(sock)
-
-
-def read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes to the proxy and read until it closes (or times out)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        out = b""
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return out
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Host keys (what a slot is counted against) and per-host limits.
 
-Normalisation rules (DESIGN.md section 2): lowercase, no trailing dot, IPv6 literals in
+Normalisation rules (docs/design.md, "Hosts and limits"): lowercase, no trailing dot, IPv6 literals in
 brackets, port dropped when it is 80 or 443. Configured limits go through the same
 function, so ``set_host_limit("API.example.com:443", 5)`` and a CONNECT to
 ``api.example.com:443`` meet on the same key.

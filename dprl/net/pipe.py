@@ -82,10 +82,8 @@ class _Direction:
                 data = os.read(self.src_fd, CHUNK)
             except BlockingIOError:
                 return
-            if not data:
-                self._end_of_stream()
+            if not self._arrived(len(data)):
                 return
-            self.pipe.activity = time.monotonic()
             written = self._write(memoryview(data))
             if written < len(data):
                 self.pending = memoryview(data)[written:]
@@ -137,6 +135,14 @@ class _Direction:
             fcntl.fcntl(write_end, _F_SETPIPE_SZ, _SPLICE_BUFFER_SIZE)
         self.splice_buffer = (read_end, write_end)
 
+    def _arrived(self, size: int) -> bool:
+        """After a read of ``size`` bytes from src: False at its end of stream (handled here)."""
+        if not size:
+            self._end_of_stream()
+            return False
+        self.pipe.activity = time.monotonic()
+        return True
+
     def _splice_in(self) -> None:
         """Move everything src has now, through the splice buffer, for as long as dst keeps up."""
         assert self.splice_buffer is not None
@@ -146,10 +152,8 @@ class _Direction:
                 moved = os.splice(src, buffer_in, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
             except BlockingIOError:
                 return
-            if not moved:
-                self._end_of_stream()
+            if not self._arrived(moved):
                 return
-            self.pipe.activity = time.monotonic()
             self.in_buffer += moved
             if not self._drain_buffer():
                 self.reader.stop()

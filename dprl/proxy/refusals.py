@@ -10,13 +10,15 @@ import logging
 
 import gevent
 
+from ..background import Background
+
 
 class RefusalLog:
     def __init__(self, log: logging.Logger, interval: float = 10.0) -> None:
         self.log = log
         self.interval = interval
         self._counts: dict[str, int] = {}
-        self._greenlet: gevent.Greenlet | None = None
+        self._background = Background(self._run)
 
     def record(self, reason: str) -> None:
         """Count one refusal; ``reason`` reads after "refused N connections", e.g. "to HOST: ..."."""
@@ -29,12 +31,10 @@ class RefusalLog:
             self.log.warning("refused %d connection%s %s (last %gs)", refused, plural, reason, self.interval)
 
     def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
+        self._background.start()
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+        self._background.stop()
         self.flush()
 
     def _run(self) -> None:

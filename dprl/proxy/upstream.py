@@ -17,6 +17,7 @@ from typing import NamedTuple
 import gevent
 from gevent import socket
 
+from ..background import Background
 from ..errors import AccessDenied
 from ..http.target import Target
 from ..limits.hosts import HostKey
@@ -41,7 +42,7 @@ class KeepaliveTuner:
     def __init__(self, options: SocketOptions) -> None:
         self.options = options
         self._young: set[UpstreamConnection] = set()
-        self._greenlet: gevent.Greenlet | None = None
+        self._background = Background(self._run)
 
     def track(self, connection: UpstreamConnection) -> None:
         if self.options:
@@ -51,13 +52,11 @@ class KeepaliveTuner:
         self._young.discard(connection)
 
     def start(self) -> None:
-        if self.options and self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
+        if self.options:
+            self._background.start()
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+        self._background.stop()
 
     def _run(self) -> None:
         while True:

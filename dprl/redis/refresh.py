@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import gevent
 import gevent.event
 
+from ..background import Background
 from ..limits.hosts import HostKey
 from ..stats import ProxyStats
 from .channel import Build, Connected, OnReply
@@ -96,7 +97,7 @@ class Refresher:
         # Data lost behind a live connection: holders notice at their next refresh.
         self.epoch_pause = lease_ttl / 3 + 0.25
         self._now = gevent.event.Event()
-        self._loop: gevent.Greenlet | None = None
+        self._loop = Background(self._run)
 
     def wake(self) -> None:
         """Refresh now rather than at the next interval."""
@@ -192,13 +193,10 @@ class Refresher:
 
     # the refresh loop ------------------------------------------------------------------
     def start(self) -> None:
-        if self._loop is None:
-            self._loop = gevent.spawn(self._run)
+        self._loop.start()
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.kill()
-            self._loop = None
+        self._loop.stop()
 
     def _run(self) -> None:
         while True:
@@ -329,4 +327,4 @@ class Refresher:
         for marker, result in zip(markers, results, strict=True):
             if shard.channel.wait(result, deadline) == 0:  # gone: Redis lost data
                 del epochs[marker]
-                self.recover(shard, self.epoch_pause, "the epoch marker is gone: Redis lost data")
+                self.data_lost(shard)

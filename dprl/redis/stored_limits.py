@@ -20,6 +20,7 @@ from typing import Any
 import gevent
 import gevent.event
 
+from ..background import Background
 from ..errors import RedisUnavailable
 from ..limits.hosts import HostKey, HostLimits, normalize_limit_spec
 from .protocol import ReplyError
@@ -92,16 +93,13 @@ class LimitSync:
         self.poll = poll
         self.version = ""
         self._now = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
+        self._background = Background(self._loop)
 
     def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._loop)
+        self._background.start()
 
     def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+        self._background.stop()
 
     def on_message(self, text: str) -> None:
         """A change published by limits.lua: "version op key value who"; logged once here."""

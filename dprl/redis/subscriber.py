@@ -17,6 +17,7 @@ from collections.abc import Callable
 import gevent
 import gevent.event
 
+from ..background import Background
 from ..errors import RedisUnavailable
 from .address import RedisAddress
 from .channel import auth_command, open_socket, read_reply
@@ -40,13 +41,12 @@ class Subscriber:
         self.on_lost = on_lost
         self.log = log
         self.subscribed = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
+        self._background = Background(self._run)
         self._sock = None
         self._failing = False  # logged once per outage of the channel
 
     def start(self) -> None:
-        if self._greenlet is None:
-            self._greenlet = gevent.spawn(self._run)
+        self._background.start()
 
     def ensure(self) -> None:
         """Wait for the subscription up to the Redis timeout (a waiter enqueued before it
@@ -55,9 +55,7 @@ class Subscriber:
         self.subscribed.wait(self.timeout)
 
     def close(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
+        self._background.stop(block=False)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
