@@ -42,3 +42,11 @@ def test_nothing_cites_a_file_outside_the_repository(page: Path):
 def test_the_readme_is_a_front_page():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 200, f"README.md has {len(lines)} lines: move the details into docs/"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_file_a_page_names_exists(page: Path):
+    """A page that names a file of the repository names one that is there (no stale paths)."""
+    text = page.read_text(encoding="utf-8")
+    for path in set(re.findall(r"\b(?:tests|scripts|dprl|benchmarks)/[\w./-]+\.(?:py|lua|c|txt)\b", text)):
+        assert (ROOT / path).exists(), f"{page.name} names {path}, which does not exist"
