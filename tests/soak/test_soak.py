@@ -20,6 +20,7 @@ import threading
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -200,7 +201,7 @@ def upstream_process():
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=str(Path(__file__).resolve().parents[2]),  # the repository: python -m tests.support.upstream
     )
     assert proc.stdout is not None
     port = int(proc.stdout.readline())

@@ -17,7 +17,7 @@ import time
 
 from dprl import ProxyRateLimiter
 
-from .conftest import proxy_connect
+from .network import proxy_connect
 from .upstream import EchoServer
 
 WATCH_SECONDS = 12.0
