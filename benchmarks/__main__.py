@@ -30,6 +30,7 @@ from .memory import figure_hosts_rss, figure_rss
 from .parser import figure_redis_parser
 from .plain import figure_plain
 from .queue import figure_queue
+from .rates import figure_rate_cost, figure_rate_precision
 from .tunnels import (
     figure_bulk,
     figure_floor,
@@ -52,6 +53,8 @@ FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict | list[dict]]] = {
     "limits": figure_limits,
     "floor": figure_floor,
     "redis-parser": figure_redis_parser,
+    "rate-cost": figure_rate_cost,
+    "rate-precision": figure_rate_precision,
 }
 
 

@@ -20,7 +20,7 @@ from typing import IO, Any, NoReturn
 import configargparse
 import gevent
 
-from .config import Config, flag, grouped_options, options, parse_host_limit, parse_shared_limit, parser_for
+from .config import Config, flag, grouped_options, options, parser_for
 from .errors import ConfigError, ListenError
 from .library import ProxyRateLimiter
 from .logs import setup_logging
@@ -38,7 +38,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
     def get_syntax_description(self) -> str:
         return (
             "The config file is INI: a [dprl] section with options by their long flag name "
-            "(port = 8080) and a [host-limits] section with one 'host = N' line per host."
+            "(port = 8080), a [host-limits] section with one 'host = N' line per host, a [host-rates] "
+            "section with one 'host = RATE' line per host, and a [shared-limits] section."
         )
 
     def parse(self, stream: IO[str]) -> OrderedDict:
@@ -53,6 +54,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
         for section in ini.sections():
             if section == "host-limits":
                 items["host-limits"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
+            elif section == "host-rates":
+                items["host-rates"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
             elif section == "shared-limits":
                 items["shared-limits"] = ";".join(f"{name}={value}" for name, value in ini.items(section))
             elif section == "dprl":
@@ -62,7 +65,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
                     items[key] = value
             else:
                 raise configargparse.ConfigFileParserException(
-                    f"config file: unknown section [{section}] (expected [dprl], [host-limits], [shared-limits])"
+                    f"config file: unknown section [{section}] "
+                    "(expected [dprl], [host-limits], [host-rates], [shared-limits])"
                 )
         return items
 
@@ -146,12 +150,12 @@ def parse_config(argv: Sequence[str] | None = None, reloading: bool = False) -> 
         raise ConfigError(str(exc)) from None
     values = {spec.name: getattr(args, spec.name) for spec in options()}
     try:
-        if not isinstance(values["host_limits"], dict):
-            values["host_limits"] = {}
-        values["host_limits"] = {**values["host_limits"], **dict(map(parse_host_limit, args.host_limit))}
-        if not isinstance(values["shared_limits"], dict):
-            values["shared_limits"] = {}
-        values["shared_limits"] = {**values["shared_limits"], **dict(map(parse_shared_limit, args.shared_limit))}
+        for spec in options():  # a repeatable flag adds single entries to its option's mapping
+            if spec.metadata["repeat_flag"] is not None:
+                parse = parser_for(spec)
+                given = getattr(args, spec.metadata["repeat_flag"][0][2:].replace("-", "_"))
+                merged = values[spec.name] if isinstance(values[spec.name], dict) else {}
+                values[spec.name] = {**merged, **{k: v for item in given for k, v in parse(item).items()}}
         return Config(**values)
     except ConfigError as exc:
         if reloading:
@@ -249,10 +253,13 @@ def _reload(proxy: ProxyRateLimiter, log: logging.Logger, argv: list[str]) -> No
     proxy.reload(config)
     log.setLevel({"warn": "WARNING"}.get(config.log_level, config.log_level.upper()))
     log.warning(
-        "SIGHUP: configuration reloaded: max-connections=%s host-limits=%d shared-limits=%d log-level=%s",
+        "SIGHUP: configuration reloaded: max-connections=%s host-limits=%d shared-limits=%d max-rate=%s "
+        "host-rates=%d log-level=%s",
         config.max_connections or "unlimited",
         len(config.host_limits),
         len(config.shared_limits),
+        config.max_rate or "none",
+        len(config.host_rates),
         config.log_level,
     )
 

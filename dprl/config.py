@@ -18,6 +18,7 @@ from urllib.parse import quote
 from .errors import ConfigError
 from .http.target import split_authority
 from .limits.hosts import HostKey, SharedCap, normalize_limit_spec
+from .limits.rates import Rate, parse_rate
 from .redact import MASK, masked_url
 from .redis.address import RedisDeployment
 
@@ -44,6 +45,32 @@ def parse_host_limit(text: str) -> tuple[str, int]:
 def parse_host_limits(text: str) -> dict[str, int]:
     """Comma-separated ``HOST=N`` pairs."""
     return dict(parse_host_limit(item) for item in text.split(",") if item.strip())
+
+
+def parse_host_rates(text: str) -> dict[str, Rate]:
+    """Comma-separated ``HOST=RATE`` pairs (``api.example.com=10/s:burst=20,*.cdn.net=5/s``)."""
+    rates = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        host, sep, spec = item.partition("=")
+        if not sep or not host.strip():
+            raise ConfigError(f"host rate must be HOST=RATE (10/s, 600/m, 5/s:burst=10), got {item!r}")
+        try:
+            rate = parse_rate(spec)
+        except ValueError as exc:
+            raise ConfigError(f"{host.strip()}: {exc}") from None
+        if rate is None:
+            raise ConfigError(f"host rate for {host.strip()!r} must be more than 0, got {spec.strip()!r}")
+        rates[host.strip()] = rate
+    return rates
+
+
+def parse_default_rate(text: str) -> Rate | None:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_bool(text: str) -> bool:
@@ -204,6 +231,21 @@ def _host_limits(value: dict[str, int]) -> dict[HostKey, int]:
     return limits
 
 
+def _host_rates(value: dict[str, Rate]) -> dict[HostKey, Rate]:
+    rates = {}
+    for host, rate in value.items():
+        try:
+            rates[normalize_limit_spec(host)] = rate
+        except ValueError as exc:
+            raise ConfigError(f"host rate {host!r}: {exc}") from None
+    return rates
+
+
+def _default_rate(value: Rate | str | None) -> Rate | None:
+    """The library may pass a Rate or its text; "0" and None mean none."""
+    return parse_default_rate(value) if isinstance(value, str) else value
+
+
 def _shared_limits(value: dict) -> dict[str, tuple[int, tuple[HostKey, ...]]]:
     shared = {}
     for name, (limit, specs) in value.items():
@@ -295,6 +337,31 @@ class Config:
             "--shared-limit",
             "NAME=N:HOSTS",
             "one shared cap (repeatable): these hosts together hold at most N connections",
+        ),
+    )
+    max_rate: Rate | None = option(
+        None,
+        "default request rate per host: N/s, N/m or N/h, with an optional burst (10/s:burst=20); "
+        "0 = none. Counts tunnels, upgrades and plain requests",
+        env="DPRL_MAX_RATE",
+        parse=parse_default_rate,
+        check=_default_rate,
+        docs_default="0 (none)",
+        metavar="RATE",
+    )
+    host_rates: dict[str, Rate] = option(
+        {},
+        "per-host rates as HOST=RATE,*.DOMAIN=RATE (a pattern gives each host it matches a rate of its own; "
+        "INI: a [host-rates] section)",
+        env="DPRL_HOST_RATES",
+        parse=parse_host_rates,
+        check=_host_rates,
+        docs_default="",
+        metavar="HOST=RATE,...",
+        repeat_flag=(
+            "--host-rate",
+            "HOST=RATE",
+            "rate for one host (repeatable); overrides the same host in --host-rates",
         ),
     )
     # timeouts -------------------------------------------------------------------------------
@@ -505,6 +572,13 @@ class Config:
                     raise ConfigError(_message(flag(spec)[2:], exc)) from None
         if self.redis_url and self.redis_addr:
             raise ConfigError("give either redis-url or redis-addr, not both")
+        if self.max_rate is not None or self.host_rates:
+            # A rate must hold for every process that shares it; these modes do not share
+            # rates yet, and a rate per process would silently multiply it.
+            if self.redis_url or self.redis_addr:
+                raise ConfigError("request rates (max-rate, host-rates) are not available in distributed mode yet")
+            if self.workers != "1":
+                raise ConfigError("request rates (max-rate, host-rates) are not available with --workers yet")
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),
@@ -565,6 +639,7 @@ def options() -> list[Any]:
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("listener", ("port", "bind", "workers", "max_clients")),
     ("limits", ("max_connections", "host_limits", "shared_limits", "reject_status", "retry_after")),
+    ("rates", ("max_rate", "host_rates")),
     ("queueing", ("queue_timeout", "max_queue")),
     (
         "timeouts",

@@ -6,6 +6,7 @@ catches it does not have to re-derive it.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 
@@ -14,6 +15,7 @@ class Reason(str, Enum):
     dprl_refusals_total. Every refusal names one of these, and only these."""
 
     LIMIT = "limit"
+    RATE = "rate"
     LIMITER_UNAVAILABLE = "limiter_unavailable"
     ACCESS = "access"
     AUTH = "auth"
@@ -98,6 +100,26 @@ class LimitExceeded(Exception):
     def host(self) -> str:
         """The host key (its name in dprl 0.1, kept for code that reads it)."""
         return self.key
+
+
+class RateExceeded(LimitExceeded):
+    """The host's request rate has no token now: refused, with the time to its next token."""
+
+    reason = Reason.RATE
+
+    def __init__(self, key: str, rate: str, wait: float, detail: str = "") -> None:
+        Exception.__init__(self, f"request rate reached for {key} (rate {rate})")
+        self.key = key
+        self.limit = 0
+        self.shared = ""
+        self.rate = rate
+        self.wait = wait  # seconds until the next token
+        self.detail = detail
+
+    @property
+    def retry_after(self) -> int:
+        """Retry-After: the seconds until the next token, rounded up (at least 1)."""
+        return max(1, math.ceil(self.wait))
 
 
 class QueueTimeout(LimitExceeded):

@@ -21,6 +21,7 @@ from .config import DEFAULTS, Config
 from .limits.hosts import HostLimits, SharedCap, normalize_host_spec, normalize_limit_spec
 from .limits.limiter import Limiter
 from .limits.memory import MemoryLimiter
+from .limits.rates import Rate, parse_rate
 from .net.dial import Resolver
 from .ops.admin import AdminServer
 from .proxy.server import ProxyServer
@@ -115,6 +116,8 @@ class ProxyRateLimiter:
         self.log = logger or logging.getLogger(DEFAULT_LOGGER)
         self.resolver = resolver
         self.limits = HostLimits(self.config.max_connections, self.config.host_limits, self.config.shared_caps())
+        self.limits.default_rate = self.config.max_rate
+        self.limits.replace_rates(self.config.host_rates)
         self.reuse_port = seat is not None
         self.limiter = make_limiter(self.config, self.limits, self.log, seat)
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
@@ -187,12 +190,29 @@ class ProxyRateLimiter:
         """Apply the limits, patterns, shared caps and queueing of ``config`` (SIGHUP)."""
         self.limits.set_default(config.max_connections)
         self.limits.replace(config.host_limits)
+        self.limits.default_rate = config.max_rate
+        self.limits.replace_rates(config.host_rates)
         if self.config.redis_deployment is None:
             self.limits.replace_shared(config.shared_caps())
         elif config.shared_caps() != list(self.limits.shared):
             self.log.warning("shared-limits changed: in distributed mode they take effect at the next start")
         self.limiter.waiting.policy.timeout = config.queue_timeout
         self.limiter.waiting.policy.max_queue = config.max_queue
+
+    def set_host_rate(self, host: str, rate: str | Rate | None) -> None:
+        """Rate ``host`` (or a ``*.domain`` pattern): ``"10/s"``, ``"600/m:burst=20"`` or a Rate;
+        None or ``"0"`` removes its own (the default applies). Local mode only, for now."""
+        self._rates_supported()
+        self.limits.set_rate(host, parse_rate(rate) if isinstance(rate, str) else rate)
+
+    def set_default_rate(self, rate: str | Rate | None) -> None:
+        """The rate of hosts without one of their own (None or ``"0"``: none)."""
+        self._rates_supported()
+        self.limits.default_rate = parse_rate(rate) if isinstance(rate, str) else rate
+
+    def _rates_supported(self) -> None:
+        if type(self.limiter) is not MemoryLimiter:  # the Redis and --workers limiters share no rates yet
+            raise RuntimeError("request rates are available in local mode (one process) only, for now")
 
     def active_connections_for_host(self, host: str) -> int:
         """Open connections to ``host`` fleet-wide (this process alone in local mode)."""

@@ -14,7 +14,7 @@ from dprl import ProxyRateLimiter
 
 from .support.network import assert_no_slots, wait_for
 from .support.redis_server import RedisServer, leftover_keys
-from .support.upstream import CountingUpstream, EchoServer, RawOrigin
+from .support.upstream import CountingUpstream, EchoServer, HoldingServer, RawOrigin
 
 # The same examples on every run: a test suite that passes once passes again (set
 # DPRL_HYPOTHESIS_RANDOM=1 to explore new inputs while developing).
@@ -38,6 +38,15 @@ def upstream() -> Iterator[CountingUpstream]:
     server = CountingUpstream().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def holding() -> Iterator[HoldingServer]:
+    """A raw origin that holds each connection open until its client closes it, and
+    records how many it held at every moment."""
+    server = HoldingServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture

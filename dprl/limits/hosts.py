@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..http.target import parse_host, split_authority
+from .rates import Rate
+
+T = TypeVar("T")
 
 HostKey = str
 
@@ -93,6 +97,13 @@ class HostLimits:
         self._stored_exact: dict[HostKey, int] = {}
         self._stored_patterns: dict[str, int] = {}
         self.stored_default: int | None = None
+        # Request rates (rates.py): the same shape, without the "0 removes" rule (None does).
+        self.default_rate: Rate | None = None
+        self._rate_exact: dict[HostKey, Rate] = {}
+        self._rate_patterns: dict[str, Rate] = {}
+        self._stored_rate_exact: dict[HostKey, Rate] = {}
+        self._stored_rate_patterns: dict[str, Rate] = {}
+        self.stored_default_rate: Rate | None = None
 
     def _load(self, limits: Mapping[HostKey, int]) -> None:
         exact = {key: int(n) for key, n in limits.items() if int(n) > 0 and not key.startswith("*.")}
@@ -123,6 +134,38 @@ class HostLimits:
 
     def stored(self) -> dict[HostKey, int]:
         return {**self._stored_exact, **self._stored_patterns}
+
+    # rates -----------------------------------------------------------------------------
+    def rate_for(self, key: HostKey) -> Rate | None:
+        """As ``limit_for``: stored (exact, pattern), own (exact, pattern), stored default, default."""
+        if self._stored_rate_exact or self._stored_rate_patterns:
+            rate = _lookup(key, self._stored_rate_exact, self._stored_rate_patterns)
+            if rate is not None:
+                return rate
+        if self._rate_exact or self._rate_patterns:
+            rate = _lookup(key, self._rate_exact, self._rate_patterns)
+            if rate is not None:
+                return rate
+        return self.default_rate if self.stored_default_rate is None else self.stored_default_rate
+
+    def set_rate(self, host: str, rate: Rate | None) -> None:
+        """Set one host's (or pattern's) rate; None removes it (the default applies)."""
+        key = normalize_limit_spec(host)
+        updated = {**self._rate_exact, **self._rate_patterns}
+        if rate is not None:
+            updated[key] = rate
+        else:
+            updated.pop(key, None)
+        self.replace_rates(updated)
+
+    def replace_rates(self, rates: Mapping[str, Rate]) -> None:
+        keyed = {normalize_limit_spec(host): rate for host, rate in rates.items()}
+        exact = {k: r for k, r in keyed.items() if not k.startswith("*.")}
+        self._rate_exact, self._rate_patterns = exact, {k: r for k, r in keyed.items() if k.startswith("*.")}
+
+    def rates(self) -> dict[HostKey, Rate]:
+        """This process's own rates, hosts and patterns."""
+        return {**self._rate_exact, **self._rate_patterns}
 
     def shared_cap_for(self, key: HostKey) -> SharedCap | None:
         """The shared cap ``key`` counts against too (the first that covers it), if any."""
@@ -168,7 +211,7 @@ class HostLimits:
         return dict(self._patterns)
 
 
-def _lookup(key: HostKey, exact: dict[HostKey, int], patterns: dict[str, int]) -> int | None:
+def _lookup(key: HostKey, exact: Mapping[HostKey, T], patterns: Mapping[str, T]) -> T | None:
     limit = exact.get(key)
     if limit is not None or not patterns:
         return limit

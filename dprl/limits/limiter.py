@@ -23,6 +23,7 @@ class Admission(IntEnum):
     HOST_FULL = 1  # the host is at its cap
     GROUP_FULL = 2  # its shared cap is full
     OTHERS_FIRST = 3  # room, but older waiters (of other workers) go first
+    RATE = 4  # room, but the host's rate has no token now
 
 
 class Slot:
@@ -90,6 +91,15 @@ class Limiter(ABC):
         Over the cap, with a --queue-timeout, the caller waits for a slot in arrival order
         (QueueTimeout, QueueFull, ShuttingDown; ConnectionLost if ``watch`` says the client
         left)."""
+
+    def pace(self, key: HostKey, watch: Watch | None = None) -> None:  # noqa: B027 (no rates: nothing to take)
+        """Take a token of ``key``'s rate for a request on a connection it already holds
+        (a kept-alive upstream connection): its slot is counted, its requests are too.
+        Waits for the token within --queue-timeout, or raises RateExceeded."""
+
+    def next_tokens(self) -> dict[HostKey, float]:
+        """Seconds until the next token of each rated host whose burst is not full (0: now)."""
+        return {}
 
     def waiting_counts(self) -> dict[HostKey, int]:
         """Connections waiting for a slot in this process, per host key."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import time
 
-from ..errors import LimitExceeded
+import gevent
+
+from ..errors import LimitExceeded, RateExceeded
 from ..stats import ProxyStats
 from .hosts import SHARED, HostKey, HostLimits, SharedCap
 from .limiter import Admission, Limiter, Slot, count_down
+from .rates import RateBook
 from .waiting import Watch
 
 
@@ -24,25 +27,42 @@ class MemoryLimiter(Limiter):
         super().__init__(limits, stats)
         self._counts: dict[HostKey, int] = {}
         self._shared: dict[str, int] = {}  # connections per shared cap
+        self.rate_book = RateBook()  # each rated host's theoretical arrival time (rates.py)
+        self._rate_timers: dict[str, object] = {}  # line -> the hub timer of its next token
+        self._rate_wait = 0.0  # of the last Admission.RATE: read in the same step, before any yield
 
     def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
         limit = self.limits.limit_for(key)
         cap = self.limits.shared_cap_for(key)
         line = key if cap is None else SHARED + cap.name
-        if line not in self.waiting.hosts and self._try_take(key, limit, cap, 0) == Admission.ADMITTED:
-            return self._slot(key, cap.name if cap is not None else "")
+        verdict = Admission.OTHERS_FIRST  # others of this process wait already: behind them
+        if line not in self.waiting.hosts:
+            verdict = self._try_take(key, limit, cap, 0)
+            if verdict == Admission.ADMITTED:
+                return self._slot(key, cap.name if cap is not None else "")
         if not self.waiting.policy.timeout:
+            if verdict == Admission.RATE:  # the verdict of this step: the caps had room
+                raise RateExceeded(key, str(self.limits.rate_for(key)), self._rate_wait)
             raise self._refusal(key, limit, cap)
+        self._refuse_a_useless_wait(key, line, limit)
         return self._wait(key, line, limit, watch)
 
     # the counts: what MachineLimiter keeps in shared memory instead --------------------
-    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> int:
+    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> Admission:
         """Count one slot of ``key`` (and of its shared cap) if they have room: Admission.ADMITTED,
         or why not. ``since``: when the asking connection arrived (ns; 0 = now)."""
         if limit and self._counts.get(key, 0) >= limit:
             return Admission.HOST_FULL
         if cap is not None and self._shared.get(cap.name, 0) >= cap.limit:
             return Admission.GROUP_FULL
+        rate = self.limits.rate_for(key)
+        if rate is not None:  # checked after the caps: a refusal by a cap takes no token
+            now = time.monotonic()
+            verdict = self.rate_book.check(key, rate, now)
+            if verdict.wait:
+                self._rate_wait = verdict.wait
+                return Admission.RATE
+            self.rate_book.commit(key, rate, verdict, now)
         self._counts[key] = self._counts.get(key, 0) + 1
         if cap is not None:
             self._shared[cap.name] = self._shared.get(cap.name, 0) + 1
@@ -62,6 +82,54 @@ class MemoryLimiter(Limiter):
         if cap is not None and self.shared_count(cap.name) >= cap.limit and not host_full:
             return LimitExceeded(key, cap.limit, shared=cap.name)
         return LimitExceeded(key, limit)
+
+    def pace(self, key: HostKey, watch: Watch | None = None) -> None:
+        rate = self.limits.rate_for(key)
+        if rate is None:
+            return
+        deadline = time.monotonic() + self.waiting.policy.timeout
+        while True:
+            now = time.monotonic()
+            verdict = self.rate_book.check(key, rate, now)
+            if not verdict.wait:
+                self.rate_book.commit(key, rate, verdict, now)
+                return
+            if now + verdict.wait > deadline:
+                raise RateExceeded(key, str(rate), verdict.wait)
+            gevent.sleep(verdict.wait)  # a timer for the token's moment
+
+    def _refuse_a_useless_wait(self, key: HostKey, line: str, limit: int) -> None:
+        """RateExceeded at once when this connection's token (after the waiters of its host
+        ahead of it) lies beyond --queue-timeout: waiting could only end in a refusal."""
+        rate = self.limits.rate_for(key)
+        if rate is None:
+            return
+        ahead = sum(1 for waiter in self.waiting.hosts.get(line, ()) if waiter.key == key)
+        eta = self.rate_book.eta(key, rate, time.monotonic(), ahead)
+        timeout = self.waiting.policy.timeout
+        if eta > timeout:
+            raise RateExceeded(
+                key, str(rate), eta, f"its token comes in {eta:.2f}s, after --queue-timeout {timeout:g}s"
+            )
+
+    def _wake_at_token(self, line: str, key: HostKey) -> None:
+        """A hub timer for the moment the next token of ``key`` is due (not a poll): the
+        line's waiters are handed slots then."""
+        rate = self.limits.rate_for(key)
+        if rate is None or line in self._rate_timers:
+            return
+        wait = self.rate_book.next_token(key, rate, time.monotonic())
+        timer = gevent.get_hub().loop.timer(wait, ref=False)
+        self._rate_timers[line] = timer
+        timer.start(self._token_due, line)
+
+    def _token_due(self, line: str) -> None:
+        timer = self._rate_timers.pop(line, None)
+        if timer is not None:
+            timer.close()  # type: ignore[attr-defined]  # a gevent loop timer
+        if line in self.waiting.hosts:
+            self._hand_over(line)
+            self._line_changed(line)
 
     def _slot(self, key: HostKey, group: str) -> Slot:
         if group:
@@ -104,7 +172,10 @@ class MemoryLimiter(Limiter):
                 waiter.group = cap.name if cap is not None else ""
                 waiter.admitted = True
                 waiter.event.set()
-            elif verdict != Admission.HOST_FULL or line == waiter.key:
+                continue
+            if verdict == Admission.RATE:
+                self._wake_at_token(line, waiter.key)
+            if verdict not in (Admission.HOST_FULL, Admission.RATE) or line == waiter.key:
                 break  # nobody behind it fits either (a shared line's other hosts may)
 
     def _release(self, key: HostKey) -> None:
@@ -119,6 +190,9 @@ class MemoryLimiter(Limiter):
         if line in self.waiting.hosts:  # in the same step: no newcomer can take the slot first
             self._hand_over(line)
             self._line_changed(line)
+
+    def next_tokens(self) -> dict[HostKey, float]:
+        return self.rate_book.pending(self.limits.rate_for, time.monotonic())
 
     def shared_count(self, name: str) -> int:
         return self._shared.get(name, 0)

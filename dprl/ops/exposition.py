@@ -85,6 +85,16 @@ class SnapshotCollector:
         for key in shown_list:
             gauge.add_metric([key], s.limit_for(key))
         yield gauge
+        gauge = GaugeMetricFamily(
+            "dprl_host_rate",
+            "Request rate a host may receive, per second (hosts with a rate; --max-rate, --host-rates).",
+            labels=["host"],
+        )
+        for key in shown_list:
+            rate = s.rate_for(key)
+            if rate is not None:
+                gauge.add_metric([key], rate.per_second)
+        yield gauge
         yield GaugeMetricFamily(
             "dprl_upstream_connections_default_limit",
             "Cap of hosts without a limit of their own.",
@@ -166,6 +176,10 @@ def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
         "waiting": snapshot.waiting.get(key, 0),
         "refused_last_minute": snapshot.refused_recently(key),
     }
+    rate = snapshot.rate_for(key)
+    if rate is not None:
+        row["rate"] = str(rate)
+        row["next_token_in"] = round(snapshot.next_tokens.get(key, 0.0), 3)  # seconds; 0: a token is there
     if snapshot.fleet is not None:
         row["fleet_open"] = snapshot.fleet.get(key, 0)
     return row

@@ -14,6 +14,7 @@ from prometheus_client import Metric
 
 from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter
+from ..limits.rates import Rate
 from ..stats import HostCounters
 
 
@@ -26,6 +27,7 @@ class Snapshot:
     open: dict[HostKey, int]  # upstream connections of this process, per host
     waiting: dict[HostKey, int]  # connections of this process waiting for a slot, per host
     fleet: dict[HostKey, int] | None  # fleet-wide counts as last seen (distributed mode)
+    next_tokens: dict[HostKey, float]  # rated hosts whose burst is not full: seconds to the next token
     counters: dict[HostKey, HostCounters]  # per-host counters (at most --metrics-max-hosts)
     other: HostCounters  # the counters of every folded host
     folded: int
@@ -41,13 +43,17 @@ class Snapshot:
     def limit_for(self, key: HostKey) -> int:
         return self.host_limits.limit_for(key)
 
+    def rate_for(self, key: HostKey) -> Rate | None:
+        return self.host_limits.rate_for(key)
+
     def refused_recently(self, key: HostKey) -> int:
         counters = self.counters.get(key)
         return counters.refused_recently(self.taken) if counters is not None else 0
 
     def listed_hosts(self) -> set[HostKey]:
         """Every host with a limit of its own or an open connection (here or, as last seen, fleet-wide)."""
-        return set(self.limits) | set(self.open) | set(self.waiting) | set(self.fleet or ())
+        rated = (k for k in self.host_limits.rates() if not k.startswith("*."))
+        return set(self.limits) | set(self.open) | set(self.waiting) | set(self.fleet or ()) | set(rated)
 
 
 def take(limiter: Limiter, clients: int) -> Snapshot:
@@ -68,6 +74,7 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
         open=limiter.process_counts(),
         waiting=limiter.waiting_counts(),
         fleet=limiter.seen_fleet_counts(),
+        next_tokens=limiter.next_tokens(),
         counters=counters,
         other=stats.other.copy(),
         folded=stats.folded,

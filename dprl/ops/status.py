@@ -102,6 +102,8 @@ def table(rows: list[dict]) -> str:
     waits = any(r.get("waiting") for r in rows)
     header = ["HOST"] + (["OPEN"] if here else []) + (["WAITING"] if waits else []) + (["FLEET"] if fleet else [])
     header += ["LIMIT", "USE", "REFUSED/MIN"] if "limit" in rows[0] else []
+    rated = any("rate" in r for r in rows)
+    header += ["RATE", "NEXT TOKEN"] if rated else []
     lines = [header]
     for r in sorted(rows, key=lambda r: (-max(r.get("open", 0), r.get("fleet_open", 0)), r["host"])):
         line = [r["host"]] + ([str(r.get("open", 0))] if here else [])
@@ -111,6 +113,9 @@ def table(rows: list[dict]) -> str:
             limit = r["limit"]
             line += [str(limit) if limit else "none", f"{100 * used / limit:.0f}%" if limit else "-"]
             line.append(str(r.get("refused_last_minute", 0)))
+        if rated:
+            token = r.get("next_token_in")
+            line += [r.get("rate", "none"), "-" if token is None else "now" if not token else f"{token:.2f}s"]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []

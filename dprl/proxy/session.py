@@ -27,6 +27,7 @@ from ..errors import (
     LimitExceeded,
     ProxyError,
     QueueTimeout,
+    RateExceeded,
     Reason,
 )
 from ..http import rewrite
@@ -219,6 +220,8 @@ class ClientSession:
             self._response_timer = gevent.Timeout(settings.upstream_timeout)
         for _ in range(2):
             upstream, reused = self._upstream_for(target, key)
+            if reused:  # a request on a kept-alive connection takes a token of its own
+                self.context.limiter.pace(key)
             exchange = ForwardExchange(
                 self.client,
                 upstream.endpoint,
@@ -296,6 +299,13 @@ class ClientSession:
     def _refuse(self, exc: LimitExceeded | LimiterUnavailable, keep: bool, unread_body: bool) -> bool:
         """At the cap: --reject-status, with Retry-After when --retry-after asks for it."""
         context, settings = self.context, self.context.settings
+        if isinstance(exc, RateExceeded):
+            context.refusals.record(f"to {exc.key}: rate {exc.rate} reached")
+            context.stats.refused(exc.key, exc.reason)
+            detail = f"; {exc.detail}" if exc.detail else ""
+            message = f"request rate reached for {exc.key} ({exc.rate}): next token in {exc.wait:.2f}s{detail}"
+            token = [("Retry-After", str(exc.retry_after))]  # the token's time, whatever --retry-after says
+            return self._send_answer(settings.reject_status, message, keep, token, unread_body)
         if isinstance(exc, LimitExceeded):
             detail = f": {exc.detail}" if isinstance(exc, QueueTimeout) else ""
             context.refusals.record(f"to {exc.key}: limit {exc.limit} reached{detail.split(' (')[0]}")

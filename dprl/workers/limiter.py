@@ -20,7 +20,7 @@ import gevent.socket
 
 from ..errors import LimiterUnavailable
 from ..limits.hosts import SHARED, HostKey, HostLimits, SharedCap
-from ..limits.limiter import Slot
+from ..limits.limiter import Admission, Slot
 from ..limits.memory import MemoryLimiter
 from ..limits.waiting import Watch
 from ..stats import ProxyStats
@@ -66,7 +66,7 @@ class MachineLimiter(MemoryLimiter):
         except TableFull as exc:
             raise LimiterUnavailable(str(exc)) from None
 
-    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> int:
+    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> Admission:
         if cap is None:
             return self.table.take(key, limit, since=since)
         return self.table.take(key, limit, SHARED + cap.name, cap.limit, since)

@@ -100,7 +100,7 @@ class SlotTable:
             _flock(self._fd, _LOCK_UN)
 
     # admission -------------------------------------------------------------------------
-    def take(self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0) -> int:
+    def take(self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0) -> Admission:
         """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps
         and the other workers' older waiters leave room: Admission.ADMITTED, or why not.
 

@@ -20,7 +20,6 @@ from dprl import DistributedProxyRateLimiter
 from ..support.network import free_port, proxy_connect, wait_for
 from ..support.proxy_process import ProxyProcess
 from ..support.redis_server import RedisServer, leftover_keys
-from ..support.upstream import HoldingServer
 
 
 @pytest.fixture
@@ -28,13 +27,6 @@ def own_redis() -> RedisServer:
     server = RedisServer()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def holding() -> HoldingServer:
-    server = HoldingServer()
-    yield server
-    server.close()
 
 
 def limits_cli(redis: RedisServer, prefix: str, *args: str) -> subprocess.CompletedProcess:

@@ -20,13 +20,6 @@ from ..support.proxy_process import ProxyProcess
 from ..support.upstream import HoldingServer
 
 
-@pytest.fixture
-def holding() -> HoldingServer:
-    server = HoldingServer()
-    yield server
-    server.close()
-
-
 def to_loopback(name: str, port: int):
     return [(socket.AF_INET, ("127.0.0.1", port))]
 

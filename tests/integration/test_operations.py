@@ -49,13 +49,6 @@ def series(samples: dict, name: str) -> dict[tuple, float]:
 
 
 @pytest.fixture
-def holding() -> HoldingServer:
-    server = HoldingServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def admin_proxy(make_proxy: Callable[..., ProxyRateLimiter]) -> Callable[..., ProxyRateLimiter]:
     def make(limit: int = 0, **settings: object) -> ProxyRateLimiter:
         return make_proxy(limit, admin_port=free_port(), **settings)

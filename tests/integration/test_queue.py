@@ -78,13 +78,6 @@ def inversions(upstream: HoldingServer) -> int:
     return sum(1 for a, b in itertools.pairwise(order) if b < a)
 
 
-@pytest.fixture
-def holding() -> HoldingServer:
-    server = HoldingServer()
-    yield server
-    server.close()
-
-
 def hold_one(port: int, target: str) -> Client:
     client = Client(port, target, hold=-1)
     client.start()

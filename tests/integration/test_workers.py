@@ -22,13 +22,6 @@ from ..support.redis_server import RedisServer, leftover_keys
 from ..support.upstream import HoldingServer
 
 
-@pytest.fixture
-def holding() -> HoldingServer:
-    server = HoldingServer()
-    yield server
-    server.close()
-
-
 @pytest.fixture(params=["local", "redis"])
 def workers(request):
     """make(*args): a supervisor with 2 workers, in local mode or on a Redis of the test's own."""

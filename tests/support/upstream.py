@@ -256,15 +256,6 @@ def read_request_head(conn: socket.socket) -> bytes:
     return data
 
 
-if __name__ == "__main__":  # python -m tests.support.upstream: serve until stdin closes (soak tests)
-    import sys
-
-    server = CountingUpstream().start()
-    print(server.port, flush=True)
-    sys.stdin.read()
-    server.stop()
-
-
 class HoldingServer(RawOrigin):
     """Holds each connection until the client closes it; records how many were open, and when.
 
@@ -314,3 +305,51 @@ class HoldingServer(RawOrigin):
     def wait_active(self, count: int, timeout: float = 10.0) -> None:
         """Until exactly ``count`` connections are open here."""
         wait_for(lambda: self.active == count, timeout, f"exactly {count} connections at the upstream", interval=0.01)
+
+
+class ArrivalUpstream(RawOrigin):
+    """An HTTP/1.1 origin that timestamps every request as its head arrives (monotonic
+    clock) and answers ``200 ok`` on keep-alive connections: a rate is measured here,
+    where it matters. ``paths`` holds request paths in arrival order."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        super().__init__()
+
+    def serve(self, conn: socket.socket, index: int) -> None:
+        while True:
+            try:
+                head = read_request_head(conn)
+            except OSError:
+                return
+            if not head:
+                return
+            with self._lock:
+                self.arrivals.append(time.monotonic())
+                self.paths.append(head.split(b" ", 2)[1].decode())
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def most_in_any_window(self, width: float) -> int:
+        """The most arrivals within any interval of ``width`` seconds (closed)."""
+        return self.most_in(self.arrivals, width)
+
+    @staticmethod
+    def most_in(arrivals: list[float], width: float) -> int:
+        times = sorted(arrivals)
+        most, start = 0, 0
+        for end, moment in enumerate(times):
+            while moment - times[start] > width:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
+
+
+if __name__ == "__main__":  # python -m tests.support.upstream: serve until stdin closes (soak tests)
+    import sys
+
+    server = CountingUpstream().start()
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.stop()

@@ -10,7 +10,12 @@ import pytest
 from dprl.limits.limiter import Admission
 from dprl.workers.slot_table import SlotTable, TableFull
 
-ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST = Admission
+ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST = (
+    Admission.ADMITTED,
+    Admission.HOST_FULL,
+    Admission.GROUP_FULL,
+    Admission.OTHERS_FIRST,
+)
 
 
 def handles(table: SlotTable, count: int) -> list[SlotTable]:

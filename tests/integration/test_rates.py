@@ -1,0 +1,266 @@
+"""Request rates per host (--max-rate, --host-rate), measured where they matter: at an
+upstream that timestamps every request it receives.
+
+The guarantee: with rate r and burst b, over any interval of length W, arrivals <= b + r*W
+(5 ms of loopback jitter allowed), and a saturating load gets b + r*T (no under-admission).
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from dprl.limits.rates import parse_rate
+
+from ..support.arrivals import ArrivalProcess
+from ..support.network import free_port, wait_for
+from ..support.proxy_process import ProxyProcess
+from ..support.upstream import ArrivalUpstream
+
+JITTER = 0.005  # seconds of loopback scheduling between the proxy's admission and the upstream's clock
+
+
+@pytest.fixture
+def arrivals():
+    server = ArrivalUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def arrival_process():
+    """The timestamping upstream in a process of its own (support/arrivals.py): the load's
+    40 client threads do not delay its clock readings."""
+    server = ArrivalProcess()
+    yield server
+    server.close()
+
+
+def _get(conn: http.client.HTTPConnection, url: str, close: bool = False) -> tuple[int, dict[str, str]]:
+    conn.request("GET", url, headers={"Connection": "close"} if close else {})
+    response = conn.getresponse()
+    response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}
+
+
+def _push(port: int, url: str, until: float, statuses: list[int]) -> None:
+    """One client sending requests back to back until ``until`` (a new connection whenever
+    the proxy closes one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while time.monotonic() < until:
+        try:
+            status, _ = _get(conn, url)
+            statuses.append(status)
+        except (http.client.HTTPException, OSError):
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.close()
+
+
+def _saturate(port: int, url: str, clients: int, seconds: float) -> tuple[float, list[int]]:
+    statuses: list[int] = []
+    start = time.monotonic()
+    threads = [threading.Thread(target=_push, args=(port, url, start + seconds, statuses)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return start, statuses
+
+
+def test_forty_clients_pushing_get_exactly_the_rate(make_proxy, arrival_process):
+    """50/s, burst 5, 40 clients for 5 s: no window holds more than b + r*W, and the
+    upstream sees b + r*T (at least 97 % of it)."""
+    rate = parse_rate("50/s:burst=5")
+    proxy = make_proxy(max_rate=rate, reject_status=429)
+    seconds = 5.0
+    start, statuses = _saturate(proxy.port, f"http://{arrival_process.authority}/x", 40, seconds)
+    arrivals = arrival_process.collect()
+    seen = [t for t in arrivals.arrivals if t >= start]
+    assert statuses.count(200) == len(seen)
+    assert statuses.count(429) > len(seen)  # the load really was above the rate
+    for width in (0.1, 0.5, 1.0, 5.0):
+        most = arrivals.most_in_any_window(width)
+        assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
+    assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
+
+
+def test_waiting_serves_everybody_in_arrival_order_at_the_rate(make_proxy, arrivals):
+    """--queue-timeout: 30 clients arriving 5 ms apart all get their answer, none refused,
+    in the order they came, one every 1/r."""
+    rate = parse_rate("50/s")
+    proxy = make_proxy(max_rate=rate, queue_timeout=10)
+    results: dict[int, int] = {}
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
+        results[index] = _get(conn, f"http://{arrivals.authority}/{index}", close=True)[0]
+        conn.close()
+
+    threads = []
+    for index in range(30):
+        threads.append(threading.Thread(target=client, args=(index,)))
+        threads[-1].start()
+        time.sleep(0.005)  # the arrival order under test
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results.values()) == [200] * 30
+    assert arrivals.paths == [f"/{i}" for i in range(30)]
+    gaps = [b - a for a, b in zip(arrivals.arrivals, arrivals.arrivals[1:], strict=False)]
+    assert abs(statistics.median(gaps) - 1 / rate.per_second) <= 0.001 + JITTER / 2, gaps
+
+
+def test_cap_and_rate_together_and_a_refusal_by_one_takes_nothing_of_the_other(make_proxy, holding):
+    """Cap 2, 20/s: the tunnels over the cap are refused by the cap and take no token, so
+    once a slot is free the next admission conforms at once."""
+    rate = parse_rate("20/s:burst=3")
+    proxy = make_proxy(max_connections_per_host=2, max_rate=rate)
+    target = f"127.0.0.1:{holding.port}"
+    held = [_connect(proxy.port, target) for _ in range(2)]
+    assert all(head.startswith(b"HTTP/1.1 200") for _, head in held)
+    for _ in range(10):  # refused at the cap: no token taken
+        sock, head = _connect(proxy.port, target)
+        assert head.startswith(b"HTTP/1.1 500") and b"connection limit" in head
+        sock.close()
+    held[0][0].close()
+    holding.wait_active(1)
+    wait_for(lambda: proxy.limiter.process_counts().get(target) == 1, what="the slot back")
+    sock, head = _connect(proxy.port, target)  # the burst's third token is still there
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert holding.max_active <= 2
+    sock.close()
+    held[1][0].close()
+
+
+def test_a_rate_refusal_says_when_the_next_token_comes(make_proxy, arrivals):
+    proxy = make_proxy(host_rates={arrivals.authority: parse_rate("1/m")}, reject_status=429)
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    assert _get(conn, f"http://{arrivals.authority}/a", close=True)[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    status, headers = _get(conn, f"http://{arrivals.authority}/b", close=True)
+    assert status == 429
+    assert 59 <= int(headers["retry-after"]) <= 60
+    counters = proxy.limiter.stats.counters(arrivals.authority)
+    assert counters.refusals.get("rate") == 1
+    assert len(arrivals.arrivals) == 1
+
+
+def test_a_token_beyond_the_queue_timeout_is_refused_at_once(make_proxy, arrivals):
+    proxy = make_proxy(max_rate=parse_rate("1/m"), queue_timeout=2)
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    assert _get(conn, f"http://{arrivals.authority}/a", close=True)[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    sent = time.monotonic()
+    status, headers = _get(conn, f"http://{arrivals.authority}/b", close=True)
+    assert status == 500 and time.monotonic() - sent < 1.0  # not after a useless 2 s wait
+    assert int(headers["retry-after"]) >= 59
+
+
+def test_requests_on_a_kept_alive_connection_take_tokens_too(make_proxy, arrivals):
+    proxy = make_proxy(max_rate=parse_rate("2/m:burst=2"))
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    statuses = [_get(conn, f"http://{arrivals.authority}/{i}")[0] for i in range(2)]
+    assert statuses == [200, 200]
+    try:
+        status = _get(conn, f"http://{arrivals.authority}/2")[0]
+    except (http.client.HTTPException, OSError):
+        status = 0  # refused and closed
+    assert status == 500
+    assert len(arrivals.arrivals) == 2
+
+
+def test_library_changes_a_host_rate_at_runtime(make_proxy, arrivals):
+    proxy = make_proxy()
+    url = f"http://{arrivals.authority}/x"
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    assert [_get(conn, url)[0] for _ in range(5)] == [200] * 5  # no rate yet
+    proxy.set_host_rate(arrivals.authority, "1/m")
+    assert _get(conn, url)[0] == 200
+    assert _get(conn, url, close=True)[0] == 500
+    proxy.set_host_rate(arrivals.authority, None)
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    assert _get(conn, url, close=True)[0] == 200
+
+
+def test_sighup_applies_a_changed_rate(tmp_path, arrivals):
+    ini = tmp_path / "dprl.ini"
+    ini.write_text(f"[dprl]\nreject-status = 429\n\n[host-rates]\n{arrivals.authority} = 1/m\n")
+    proc = ProxyProcess("--config", str(ini))
+    try:
+        url = f"http://{arrivals.authority}/x"
+        statuses = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+            statuses.append(_get(conn, url, close=True)[0])
+        assert statuses == [200, 429]
+        ini.write_text(f"[dprl]\nreject-status = 429\n\n[host-rates]\n{arrivals.authority} = 100/s:burst=10\n")
+        lines = len(proc.lines)
+        proc.proc.send_signal(signal.SIGHUP)
+        proc.wait_line(r"SIGHUP: configuration reloaded: .* host-rates=1", start=lines)
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+        assert _get(conn, url, close=True)[0] == 200
+    finally:
+        assert proc.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--max-rate", "10/x"),
+        ("--host-rate", "a.example=0/s"),
+        ("--host-rates", "a.example"),
+        ("--max-rate", "5/s:burst=0"),
+        ("--max-rate", "5/s", "--redis-url", "redis://127.0.0.1:1/0"),  # not shared fleet-wide yet
+        ("--host-rate", "a.example=5/s", "--workers", "2"),  # nor across workers
+    ],
+)
+def test_bad_rates_are_one_line_and_exit_2(args):
+    run = subprocess.run([sys.executable, "-m", "dprl", *args], capture_output=True, text=True, timeout=30, check=False)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("dprl: error:"), run.stderr
+
+
+def test_operators_see_each_hosts_rate_and_its_next_token(make_proxy, arrivals):
+    proxy = make_proxy(host_rates={arrivals.authority: parse_rate("1/m")}, admin_port=free_port())
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    assert _get(conn, f"http://{arrivals.authority}/a", close=True)[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    assert _get(conn, f"http://{arrivals.authority}/b", close=True)[0] == 500
+    row = requests.get(f"{proxy.admin_url}/hosts/{arrivals.authority}", timeout=10).json()
+    assert row["rate"] == "1/m" and 55 < row["next_token_in"] <= 60
+    metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+    assert f'dprl_host_rate{{host="{arrivals.authority}"}} 0.016666' in metrics
+    assert f'dprl_refusals_total{{host="{arrivals.authority}",reason="rate"}} 1.0' in metrics
+    status = subprocess.run(
+        [sys.executable, "-m", "dprl", "status", "--admin", proxy.admin_url], capture_output=True, text=True, check=True
+    )
+    assert "RATE" in status.stdout and "1/m" in status.stdout
+
+
+def test_rates_are_refused_where_they_would_not_be_shared():
+    from dprl import DistributedProxyRateLimiter
+
+    proxy = DistributedProxyRateLimiter(0, 1, "redis://127.0.0.1:1/0")
+    with pytest.raises(RuntimeError, match="local mode"):
+        proxy.set_host_rate("a.example", "5/s")
+
+
+def _connect(port: int, target: str) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
