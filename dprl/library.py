@@ -211,8 +211,8 @@ class ProxyRateLimiter:
         self.limits.default_rate = parse_rate(rate) if isinstance(rate, str) else rate
 
     def _rates_supported(self) -> None:
-        if type(self.limiter) is not MemoryLimiter:  # the Redis and --workers limiters share no rates yet
-            raise RuntimeError("request rates are available in local mode (one process) only, for now")
+        if self.limiter.mode == "local" and type(self.limiter) is not MemoryLimiter:  # --workers: not shared yet
+            raise RuntimeError("request rates are not available with --workers in local mode yet")
 
     def active_connections_for_host(self, host: str) -> int:
         """Open connections to ``host`` fleet-wide (this process alone in local mode)."""

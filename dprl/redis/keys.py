@@ -11,7 +11,7 @@ both.
 from __future__ import annotations
 
 from ..limits.hosts import SHARED, HostKey, HostLimits
-from .scripts import ACQUIRE, RELEASE, Script
+from .scripts import ACQUIRE, PACE, RELEASE, Script
 from .topology import Shard, Topology
 
 _QUEUED = (ACQUIRE, RELEASE)  # scripts that also see the host's queue (KEYS[4], KEYS[5])
@@ -43,14 +43,26 @@ class KeySpace:
         tag = self.tag(key)
         return f"{self.prefix}:{{{tag}}}:queue", f"{self.prefix}:{{{tag}}}:waiting"
 
-    def script_keys(self, script: Script, key: HostKey) -> tuple[str, ...]:
-        """Acquire and release see the queue too, and a shared cap's own count (KEYS[6], [7])."""
-        keys = self.keys(key)
+    def rate_key(self, key: HostKey) -> str:
+        """The host's theoretical arrival time (its rate), under the same hash tag."""
+        tag = self.tag(key)
+        base = f"{self.prefix}:{{{tag}}}" if tag == key else f"{self.prefix}:{{{tag}}}:{key}"
+        return f"{base}:rate"
+
+    def script_keys(self, script: Script, key: HostKey, bare: bool = False) -> tuple[str, ...]:
+        """Acquire also sees the host's rate (KEYS[4]); acquire and release see the queue,
+        and a shared cap's own count (after the queue). ``bare``: without the queue's keys
+        (a Cluster slot being migrated, see routing.py), when there is no shared cap."""
+        if script is PACE:
+            return (self.rate_key(key),)
+        keys: tuple[str, ...] = self.keys(key)
         if script not in _QUEUED:
             return keys
+        if script is ACQUIRE:
+            keys += (self.rate_key(key),)
         tag = self.tag(key)
         if tag == key:
-            return keys + self.queue_keys(key)
+            return keys if bare else keys + self.queue_keys(key)
         return keys + self.queue_keys(key) + self.keys(tag)[:2]
 
     def marker(self, key: HostKey) -> str:

@@ -24,9 +24,10 @@ from typing import NamedTuple
 
 import gevent
 
-from ..errors import LimiterUnavailable, LimitExceeded, RedisUnavailable
+from ..errors import LimiterUnavailable, LimitExceeded, RateExceeded, RedisUnavailable
 from ..limits.hosts import SHARED, HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot
+from ..limits.rates import Rate, RateBook
 from ..limits.waiting import Waiter, Watch
 from ..stats import ProxyStats
 from .address import RedisDeployment
@@ -37,7 +38,7 @@ from .leases import LeaseBook
 from .protocol import Reply
 from .refresh import Refresher
 from .routing import FAILURES, Router, failure_kind, is_redirect
-from .scripts import ACQUIRE, COUNT, LEAVE, RELEASE, AcquireReply, is_noscript
+from .scripts import ACQUIRE, COUNT, LEAVE, PACE, RELEASE, AcquireReply, is_noscript
 from .stored_limits import LIMITS_TAG, LimitSync, change, limits_channel
 from .subscriber import Subscriber
 from .topology import Shard, Topology, make_topology
@@ -49,6 +50,14 @@ class Attempt(NamedTuple):
     slot: Slot | None  # None: refused at the cap
     wake_next: bool = False  # another waiter of this worker may go too
     shared_cap: str = ""  # the shared cap that refused, if it was one
+    rate_wait: float = 0.0  # seconds until the caller's token, when the rate (not a cap) refused it
+
+
+def _rate_args(rate: Rate | None) -> tuple[str, str]:
+    """acquire.lua's and pace.lua's rate arguments: T and tau in µs ("" and "": no rate)."""
+    if rate is None:
+        return "", ""
+    return f"{rate.interval * 1e6:.3f}", f"{rate.tolerance * 1e6:.3f}"
 
 
 class RedisLimiter(Limiter):
@@ -87,6 +96,7 @@ class RedisLimiter(Limiter):
         self._lost_tickets: dict[str, HostKey] = {}  # tickets Redis could not be told to drop yet
         self._wake_prefix = f"{prefix}:wake:"
         self._poll = min(1.0, lease_ttl / 3)  # the oldest waiter's safety poll (and waiting lease renewal)
+        self._local_rates = RateBook()  # --on-redis-error local: this process paces alone
         self.topology: Topology = make_topology(deployment, prefix, timeout, f"dprl:{self.worker}", self._setup_shard)
         self.keyspace = KeySpace(prefix, limits, self.topology)
         # Act on a lapsing lease this long before Redis would drop it.
@@ -144,7 +154,13 @@ class RedisLimiter(Limiter):
         attempt = self._attempt(key, limit)
         if attempt.slot is not None:
             return attempt.slot
-        if not self.waiting.policy.timeout:
+        timeout = self.waiting.policy.timeout
+        if attempt.rate_wait and attempt.rate_wait > timeout:  # waiting could only end in a refusal
+            detail = (
+                f"its token comes in {attempt.rate_wait:.2f}s, after --queue-timeout {timeout:g}s" if timeout else ""
+            )
+            raise RateExceeded(key, str(self.limits.rate_for(key)), attempt.rate_wait, detail)
+        if not timeout:
             cap = self.limits.shared_cap_for(key) if attempt.shared_cap else None
             if cap is not None:
                 raise LimitExceeded(key, cap.limit, attempt.shared_cap)
@@ -175,6 +191,11 @@ class RedisLimiter(Limiter):
                         return slot
                     enqueued = True
                     poll = self._poll if waiting.is_oldest(waiter) else None
+                    if attempt.rate_wait:  # a timer for its token's moment (after those ahead of it)
+                        if time.monotonic() + attempt.rate_wait > deadline:
+                            rate = str(self.limits.rate_for(key))
+                            raise RateExceeded(key, rate, attempt.rate_wait, "its token comes after --queue-timeout")
+                        poll = min(poll or attempt.rate_wait, attempt.rate_wait)
                     waiting.wait(waiter, limit, deadline, gone, poll)
         finally:
             waiting.leave(waiter)
@@ -234,7 +255,10 @@ class RedisLimiter(Limiter):
         cap = self.limits.shared_cap_for(key) if line != key else None
         refresher = self.refresher
         lease, ttl, wake = refresher.lease_ms, refresher.key_ttl_ms, self._wake_prefix
-        args = (self.worker, limit, lease, ttl, known, new, ticket, wake, line, last, cap.limit if cap else "")
+        rate = self.limits.rate_for(key)
+        interval, tolerance = _rate_args(rate)
+        shared_limit = cap.limit if cap else ""
+        args = (self.worker, limit, lease, ttl, known, new, ticket, wake, line, last, shared_limit, interval, tolerance)
         try:
             shard, raw = self.router.run(shard, key, ACQUIRE, args, count, on_reply)
         except FAILURES as exc:  # the shard that failed is marked down (see Router.run)
@@ -252,7 +276,8 @@ class RedisLimiter(Limiter):
             refresher.data_lost(shard)
             return Attempt(self._fallback(key, limit, "re-asserting counts after Redis lost data"))
         if not reply.admitted:
-            return Attempt(None, shared_cap=cap.name if reply.by_shared and cap is not None else "")
+            shared_cap = cap.name if reply.by_shared and cap is not None else ""
+            return Attempt(None, shared_cap=shared_cap, rate_wait=reply.rate_wait_us / 1e6)
         if reply.own_before < 0:  # this admission gave the worker its lease on key
             self.leases.created(shard, key, sent_at)
         else:
@@ -286,9 +311,48 @@ class RedisLimiter(Limiter):
         cap = self.limits.shared_cap_for(key) if self.on_error == "local" else None
         if cap is not None and self.counts.held(SHARED + cap.name) >= cap.limit:
             raise LimitExceeded(key, cap.limit, shared=cap.name)
+        if self.on_error == "local":
+            self._pace_locally(key)
         # Counted here, not in Redis: the next refresh adds it there once Redis is back.
         self.counts.count(key)
         return Slot(key, self.counts.uncount)
+
+    def _pace_locally(self, key: HostKey) -> None:
+        """--on-redis-error local: this process paces the host at the configured rate alone."""
+        rate = self.limits.rate_for(key)
+        if rate is not None:
+            now = time.monotonic()
+            verdict = self._local_rates.check(key, rate, now)
+            if verdict.wait:
+                raise RateExceeded(key, str(rate), verdict.wait)
+            self._local_rates.commit(key, rate, verdict, now)
+
+    def pace(self, key: HostKey, watch: Watch | None = None) -> None:
+        """A token for a request on a kept-alive connection: ``pace.lua``, fleet-wide."""
+        rate = self.limits.rate_for(key)
+        if rate is None:
+            return
+        deadline = time.monotonic() + self.waiting.policy.timeout
+        interval, tolerance = _rate_args(rate)
+        while True:
+            try:
+                shard = self.topology.shard_for(self.keyspace.tag(key))
+                refusal = self._refusal(shard)
+                if refusal:
+                    raise RedisUnavailable(refusal)
+                _, wait_us = self.router.run(shard, key, PACE, (interval, tolerance))
+            except FAILURES as exc:
+                if self.on_error == "reject":
+                    raise LimiterUnavailable(f"Redis unavailable ({exc})") from None
+                if self.on_error == "local":
+                    self._pace_locally(key)
+                return
+            if not wait_us:
+                return
+            wait = int(wait_us) / 1e6
+            if time.monotonic() + wait > deadline:
+                raise RateExceeded(key, str(rate), wait)
+            gevent.sleep(wait)  # a timer for the token's moment
 
     def _wait_for_replicas(self, shard: Shard, slot: Slot) -> None:
         """--redis-wait-replicas: an admission counts only once replicas hold it (WAIT)."""

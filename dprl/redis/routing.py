@@ -112,9 +112,7 @@ class Router:
                     raise
             started = time.monotonic()
             try:
-                keys = self.keyspace.script_keys(script, key)
-                if bare and len(keys) == 5:
-                    keys = keys[:3]
+                keys = self.keyspace.script_keys(script, key, bare)
                 reply = shard.runner.run(script, keys, args, before_send, on_reply, deadline, asking)
                 self.stats.redis_request(time.monotonic() - started)
                 self.queue_skipped = bare  # read by the caller before it yields

@@ -46,7 +46,8 @@ LEAVE = Script("leave")
 LIMITS = Script("limits")
 LIMITS_READ = Script("limits_read")
 FORGET = Script("forget")
-ALL = (ACQUIRE, RELEASE, REFRESH, COUNT, LEAVE, LIMITS_READ)
+PACE = Script("pace")
+ALL = (ACQUIRE, RELEASE, REFRESH, COUNT, LEAVE, LIMITS_READ, PACE)
 
 
 def is_noscript(reply: object) -> bool:
@@ -152,10 +153,11 @@ class AcquireReply(NamedTuple):
     ahead: int  # live waiters ahead of the ticket
     wake_self: int  # 1 if another waiter of this worker may go now
     by_shared: int  # 1 if refused by the shared cap rather than the host's own
+    rate_wait_us: int  # µs until the caller's token when the rate (not a cap) refused it, else 0
 
     @classmethod
     def parse(cls, reply: object) -> AcquireReply:
-        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these seven
+        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these eight
 
 
 class RefreshReply(NamedTuple):

@@ -8,6 +8,7 @@ The guarantee: with rate r and burst b, over any interval of length W, arrivals 
 from __future__ import annotations
 
 import http.client
+import itertools
 import signal
 import socket
 import statistics
@@ -115,7 +116,7 @@ def test_waiting_serves_everybody_in_arrival_order_at_the_rate(make_proxy, arriv
         thread.join(30)
     assert sorted(results.values()) == [200] * 30
     assert arrivals.paths == [f"/{i}" for i in range(30)]
-    gaps = [b - a for a, b in zip(arrivals.arrivals, arrivals.arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals.arrivals)]
     assert abs(statistics.median(gaps) - 1 / rate.per_second) <= 0.001 + JITTER / 2, gaps
 
 
@@ -219,8 +220,7 @@ def test_sighup_applies_a_changed_rate(tmp_path, arrivals):
         ("--host-rate", "a.example=0/s"),
         ("--host-rates", "a.example"),
         ("--max-rate", "5/s:burst=0"),
-        ("--max-rate", "5/s", "--redis-url", "redis://127.0.0.1:1/0"),  # not shared fleet-wide yet
-        ("--host-rate", "a.example=5/s", "--workers", "2"),  # nor across workers
+        ("--host-rate", "a.example=5/s", "--workers", "2"),  # not shared across local workers yet
     ],
 )
 def test_bad_rates_are_one_line_and_exit_2(args):
@@ -246,12 +246,21 @@ def test_operators_see_each_hosts_rate_and_its_next_token(make_proxy, arrivals):
     assert "RATE" in status.stdout and "1/m" in status.stdout
 
 
-def test_rates_are_refused_where_they_would_not_be_shared():
+def test_the_distributed_library_rates_a_host_fleet_wide(redis_server, redis_prefix, arrivals):
     from dprl import DistributedProxyRateLimiter
 
-    proxy = DistributedProxyRateLimiter(0, 1, "redis://127.0.0.1:1/0")
-    with pytest.raises(RuntimeError, match="local mode"):
-        proxy.set_host_rate("a.example", "5/s")
+    settings = {"redis_prefix": redis_prefix, "lease_ttl": 3}
+    with (
+        DistributedProxyRateLimiter(0, 0, redis_server.url, **settings) as one,
+        DistributedProxyRateLimiter(0, 0, redis_server.url, **settings) as two,
+    ):
+        for proxy in (one, two):
+            proxy.set_host_rate(arrivals.authority, "1/m")
+        statuses = []
+        for proxy in (one, two):  # one token for the fleet: the second process is refused
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+            statuses.append(_get(conn, f"http://{arrivals.authority}/x", close=True)[0])
+        assert statuses == [200, 500]
 
 
 def _connect(port: int, target: str) -> tuple[socket.socket, bytes]:
@@ -264,3 +273,128 @@ def _connect(port: int, target: str) -> tuple[socket.socket, bytes]:
             break
         head += chunk
     return sock, head
+
+
+# fleet-wide, through Redis --------------------------------------------------------------
+def _fleet(redis_server, prefix: str, count: int, *args: str) -> list[ProxyProcess]:
+    common = ("--redis-url", redis_server.url, "--redis-prefix", prefix, "--lease-ttl", "3")
+    return [ProxyProcess(*common, *args) for _ in range(count)]
+
+
+def _saturate_fleet(ports: list[int], url: str, clients: int, seconds: float) -> tuple[float, list[int]]:
+    statuses: list[int] = []
+    start = time.monotonic()
+    threads = [
+        threading.Thread(target=_push, args=(ports[i % len(ports)], url, start + seconds, statuses))
+        for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return start, statuses
+
+
+def test_three_redis_workers_share_one_exact_rate(redis_server, redis_prefix, arrival_process):
+    """The same 50/s, burst 5, 40 clients spread over 3 workers: b + r*W in any window,
+    fleet-wide, on Redis's clock; b + r*T in total."""
+    rate = parse_rate("50/s:burst=5")
+    workers = _fleet(redis_server, redis_prefix, 3, "--max-rate", str(rate), "--reject-status", "429")
+    try:
+        seconds = 5.0
+        start, statuses = _saturate_fleet(
+            [w.port for w in workers], f"http://{arrival_process.authority}/x", 40, seconds
+        )
+        arrivals = arrival_process.collect()
+        seen = [t for t in arrivals.arrivals if t >= start]
+        assert statuses.count(200) == len(seen) and statuses.count(429) > len(seen)
+        for width in (0.1, 0.5, 1.0, 5.0):
+            most = arrivals.most_in_any_window(width)
+            assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
+        assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
+    finally:
+        for worker in workers:
+            assert worker.stop() == 0
+
+
+def test_fleet_waiters_are_served_in_arrival_order_at_the_rate(redis_server, redis_prefix, arrivals):
+    rate = parse_rate("50/s")
+    workers = _fleet(redis_server, redis_prefix, 3, "--max-rate", str(rate), "--queue-timeout", "10")
+    try:
+        results: dict[int, int] = {}
+
+        def client(index: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", workers[index % 3].port, timeout=20)
+            results[index] = _get(conn, f"http://{arrivals.authority}/{index}", close=True)[0]
+            conn.close()
+
+        threads = []
+        for index in range(30):
+            threads.append(threading.Thread(target=client, args=(index,)))
+            threads[-1].start()
+            time.sleep(0.02)  # more than a Redis round trip apart: the order is Redis's
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results.values()) == [200] * 30
+        order = [int(path[1:]) for path in arrivals.paths]
+        assert sum(1 for a, b in itertools.pairwise(order) if a > b) <= 1, order
+        gaps = [b - a for a, b in itertools.pairwise(arrivals.arrivals)]
+        assert min(gaps) >= 1 / rate.per_second - JITTER, gaps  # never two within one interval
+    finally:
+        for worker in workers:
+            assert worker.stop() == 0
+
+
+def test_fleet_cap_refusals_take_no_token(redis_server, redis_prefix, holding):
+    """Cap 2 and 20/s burst 3 through Redis: connections refused at the cap leave the
+    host's theoretical arrival time where it was (read back in Redis)."""
+    (worker,) = _fleet(redis_server, redis_prefix, 1, "--max-connections", "2", "--max-rate", "20/s:burst=3")
+    client = redis_server.client()
+    try:
+        target = f"127.0.0.1:{holding.port}"
+        held = [_connect(worker.port, target) for _ in range(2)]
+        assert all(head.startswith(b"HTTP/1.1 200") for _, head in held)
+        rate_key = f"{redis_prefix}:{{{target}}}:rate"
+        tat = client.hget(rate_key, "tat")
+        for _ in range(5):
+            sock, head = _connect(worker.port, target)
+            assert head.startswith(b"HTTP/1.1 500") and b"connection limit" in head
+            sock.close()
+        assert client.hget(rate_key, "tat") == tat  # the cap refused: no token taken
+        for sock, _ in held:
+            sock.close()
+        holding.wait_active(0)
+        assert holding.max_active <= 2
+    finally:
+        client.close()
+        assert worker.stop() == 0
+
+
+def test_fleet_keep_alive_requests_take_tokens_and_a_refusal_says_when(redis_server, redis_prefix, arrivals):
+    (worker,) = _fleet(redis_server, redis_prefix, 1, "--max-rate", "10/s:burst=2", "--reject-status", "429")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+        statuses = [_get(conn, f"http://{arrivals.authority}/{i}") for i in range(3)]
+        assert [s for s, _ in statuses] == [200, 200, 429]
+        assert statuses[2][1]["retry-after"] == "1"
+        assert len(arrivals.arrivals) == 2
+    finally:
+        assert worker.stop() == 0
+
+
+def test_on_redis_error_local_paces_each_process_at_the_rate(arrivals):
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    worker = ProxyProcess(
+        "--redis-url", closed, "--on-redis-error", "local", "--max-rate", "1/m", "--redis-timeout", "0.2"
+    )
+    try:
+        url = f"http://{arrivals.authority}/x"
+        statuses = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+            statuses.append(_get(conn, url, close=True))
+        assert [status for status, _ in statuses] == [200, 500]
+        assert int(statuses[1][1]["retry-after"]) >= 59
+        assert len(arrivals.arrivals) == 1
+    finally:
+        assert worker.stop() == 0

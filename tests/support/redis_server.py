@@ -85,12 +85,17 @@ class RedisServer:
 
 
 def leftover_keys(client: redis.Redis, prefix: str) -> list[bytes]:
-    """Keys left under ``prefix``, except epoch markers that expire by themselves.
+    """Keys left under ``prefix``, except those that expire by themselves by design.
 
-    The epoch marker names the life of the fleet's data in this Redis (see redis/limiter.py);
-    it outlives the workers by design, for at most three lease ttls.
+    The epoch marker names the life of the fleet's data in this Redis (see redis/refresh.py);
+    it outlives the workers for at most three lease ttls. A host's rate key holds its
+    theoretical arrival time; it lives until that time has passed (then it says nothing).
     """
-    return [key for key in client.scan_iter(f"{prefix}:*") if not (key.endswith(b":epoch") and client.pttl(key) > 0)]
+    return [
+        key
+        for key in client.scan_iter(f"{prefix}:*")
+        if not (key.endswith((b":epoch", b":rate")) and client.pttl(key) > 0)
+    ]
 
 
 class SentinelSetup:

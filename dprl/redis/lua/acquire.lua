@@ -1,28 +1,34 @@
--- acquire.lua: take one slot for a host if the fleet is below its limit.
+-- acquire.lua: take one slot for a host if the fleet is below its limit and its rate.
 --
 -- KEYS[1]  counts hash  (worker id -> this worker's open connections to the host)
 -- KEYS[2]  leases zset  (worker id -> lease expiry, ms of Redis server time)
 -- KEYS[3]  epoch marker (a string naming the life of this store's data; see below)
+-- KEYS[4]  rate hash    (tat: the host's theoretical arrival time, µs of Redis time;
+--                        interval: the emission interval it was computed in, µs)
 -- ARGV[1]  worker id
 -- ARGV[2]  limit (0 = unlimited)
 -- ARGV[3]  lease ttl, ms
 -- ARGV[4]  key ttl, ms (safety net: keys of a host nobody refreshes disappear)
 -- ARGV[5]  the epoch this worker knows ("" if none yet)
 -- ARGV[6]  a new epoch, used if the marker is missing
--- KEYS[4]  queue zset    (ticket "worker|seq" -> arrival, microseconds of Redis time)
--- KEYS[5]  waiting zset  (worker id -> expiry of its waiters, ms; renewed by each of its calls)
+-- KEYS[5]  queue zset    (ticket "worker|seq" -> arrival, microseconds of Redis time)
+-- KEYS[6]  waiting zset  (worker id -> expiry of its waiters, ms; renewed by each of its calls)
 -- ARGV[7]  this caller's ticket, or "" (it does not wait: admitted or refused at once)
 -- ARGV[8]  wake channel prefix (the channel of a worker is this prefix and its id)
 -- ARGV[9]  the host key (the message of a wake-up)
 -- ARGV[10] "1" if this ticket is its worker's last waiter for the host (its waiting entry goes)
--- KEYS[6]  shared cap counts hash, KEYS[7]  its leases zset (the hosts of a shared cap together;
---          same hash tag as KEYS[1..5]), ARGV[11]  the shared cap's limit ("" = no shared cap)
+-- KEYS[7]  shared cap counts hash, KEYS[8]  its leases zset (the hosts of a shared cap together;
+--          same hash tag as KEYS[1..6]), ARGV[11]  the shared cap's limit ("" = no shared cap)
+-- ARGV[12] the host's emission interval T = 1/rate, µs ("" = no rate), ARGV[13] its
+--          tolerance tau = (burst - 1) * T, µs: GCRA as in dprl/limits/rates.py, on Redis's clock
 -- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
 --          live waiters ahead of the ticket, 1 if another waiter of this worker may go now,
---          1 if refused by the shared cap rather than the host's own}
---   admitted: 1, 0 (at the limit), or -1: the marker is missing or is not the epoch this
---   worker knows, so this store lost data (restart, FLUSHALL, failover) and counts held
---   elsewhere may be missing: nothing is admitted until holders have re-asserted them.
+--          1 if refused by the shared cap rather than the host's own,
+--          µs until this caller's token when the rate (not a cap) refused it, else 0}
+--   admitted: 1, 0 (at the limit or the rate), or -1: the marker is missing or is not the
+--   epoch this worker knows, so this store lost data (restart, FLUSHALL, failover) and
+--   counts held elsewhere may be missing: nothing is admitted until holders re-asserted them.
+--   The cap and the rate are checked together: a refusal by either takes nothing of the other.
 --
 -- Cost: O(workers holding this host).
 local epoch = redis.call('GET', KEYS[3])
@@ -30,10 +36,10 @@ if not epoch then
   epoch = ARGV[6]
   redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4])
   if ARGV[5] ~= '' then
-    return {-1, 0, -1, epoch, 0, 0, 0}
+    return {-1, 0, -1, epoch, 0, 0, 0, 0}
   end
 elseif ARGV[5] ~= '' and epoch ~= ARGV[5] then
-  return {-1, 0, -1, epoch, 0, 0, 0}
+  return {-1, 0, -1, epoch, 0, 0, 0, 0}
 end
 local now, now_us = redis_clock()
 -- Read everything first, write after: a key emptied by a write must not be touched again
@@ -95,28 +101,50 @@ end
 local shared = ARGV[11] ~= nil and ARGV[11] ~= ''
 local shared_total, shared_own, shared_expired = 0, -1, {}
 if shared then
-  shared_total, shared_own, shared_expired = read_count(KEYS[6], KEYS[7])
+  shared_total, shared_own, shared_expired = read_count(KEYS[7], KEYS[8])
   local free = tonumber(ARGV[11]) - shared_total
   if room == nil or free < room then
     room = free
   end
 end
+-- The rate: how many admissions its tokens allow now (GCRA; a stored TAT kept under another
+-- interval carries the tokens it owes over). room becomes the smaller of the two.
+local cap_room = room
+local rated = ARGV[12] ~= nil and ARGV[12] ~= ''
+local interval, tolerance, tat = 0, 0, 0
+if rated then
+  interval, tolerance = tonumber(ARGV[12]), tonumber(ARGV[13])
+  local stored = redis.call('HMGET', KEYS[4], 'tat', 'interval')
+  tat = tonumber(stored[1] or 0)
+  local old = tonumber(stored[2] or interval)
+  if tat > now_us and old ~= interval then
+    tat = now_us + (tat - now_us) / old * interval
+  end
+  local early = math.max(tat, now_us) - tolerance - now_us  -- > 0: the next token is that far away
+  local tokens = 0
+  if early <= 0.001 then  -- 1 ns of float error in a sum of intervals is not a refusal
+    tokens = math.floor((0.001 - early) / interval) + 1
+  end
+  if room == nil or tokens < room then
+    room = tokens
+  end
+end
 local admitted = 0
 local ahead, wake_self = 0, 0
--- KEYS[4] and KEYS[5] may be left out (a Cluster slot being migrated, see limiter.py): no queue then
-local has_queue = KEYS[4] ~= nil
-local queued = has_queue and room ~= nil and redis.call('ZCARD', KEYS[4]) > 0
+-- KEYS[5] and KEYS[6] may be left out (a Cluster slot being migrated, see limiter.py): no queue then
+local has_queue = KEYS[5] ~= nil
+local queued = has_queue and room ~= nil and redis.call('ZCARD', KEYS[5]) > 0
 local live, mine, dead = {}, nil, {}
 if queued then
   -- The head of the queue, oldest first: live waiters (their worker renewed its waiting
   -- lease) in order, and the entries of dead workers, dropped below.
   local window = math.max(room, 1) + 32
-  local head = redis.call('ZRANGE', KEYS[4], 0, window - 1)
+  local head = redis.call('ZRANGE', KEYS[5], 0, window - 1)
   local alive = {}
   for _, ticket in ipairs(head) do
     local worker = ticket_worker(ticket)
     if alive[worker] == nil then
-      alive[worker] = tonumber(redis.call('ZSCORE', KEYS[5], worker) or 0) > now
+      alive[worker] = tonumber(redis.call('ZSCORE', KEYS[6], worker) or 0) > now
     end
     if ticket == ARGV[7] then
       mine = #live
@@ -135,29 +163,34 @@ if room == nil or ahead < room then
   admitted = 1
   add_one(KEYS[1], KEYS[2], own)
   if shared then
-    add_one(KEYS[6], KEYS[7], shared_own)
+    add_one(KEYS[7], KEYS[8], shared_own)
   end
+end
+if rated and admitted == 1 then
+  local next_tat = math.max(tat, now_us) + interval
+  redis.call('HSET', KEYS[4], 'tat', next_tat, 'interval', interval)
+  redis.call('PEXPIRE', KEYS[4], math.ceil((next_tat - now_us) / 1000) + 1000)  -- gone once it says nothing
 end
 drop_expired(KEYS[1], KEYS[2], expired, admitted)
 if shared then
-  drop_expired(KEYS[6], KEYS[7], shared_expired, admitted)
+  drop_expired(KEYS[7], KEYS[8], shared_expired, admitted)
 end
 if has_queue and (queued or ARGV[7] ~= '') then
   if #dead > 0 then
-    redis.call('ZREM', KEYS[4], unpack(dead))
+    redis.call('ZREM', KEYS[5], unpack(dead))
   end
   if admitted == 1 and mine ~= nil then
-    redis.call('ZREM', KEYS[4], ARGV[7])
+    redis.call('ZREM', KEYS[5], ARGV[7])
     if ARGV[10] == '1' then
-      redis.call('ZREM', KEYS[5], ARGV[1])
+      redis.call('ZREM', KEYS[6], ARGV[1])
     end
   elseif admitted == 0 and ARGV[7] ~= '' then
     if mine == nil then  -- arrival order: Redis's clock, in microseconds
-      redis.call('ZADD', KEYS[4], now_us, ARGV[7])
+      redis.call('ZADD', KEYS[5], now_us, ARGV[7])
     end
-    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[3]), ARGV[1])
-    redis.call('PEXPIRE', KEYS[4], ARGV[4])
+    redis.call('ZADD', KEYS[6], now + tonumber(ARGV[3]), ARGV[1])
     redis.call('PEXPIRE', KEYS[5], ARGV[4])
+    redis.call('PEXPIRE', KEYS[6], ARGV[4])
   end
   -- Slots still free go to the oldest live waiters: wake their workers (one message each).
   local woken = {}
@@ -175,4 +208,9 @@ local refused_by_shared = 0
 if admitted == 0 and shared and shared_total >= tonumber(ARGV[11]) and not (limit > 0 and total >= limit) then
   refused_by_shared = 1
 end
-return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared}
+local rate_wait = 0
+if rated and admitted == 0 and (cap_room == nil or ahead < cap_room) then
+  -- the caps had room for this caller: the rate refused it; its token comes after those ahead
+  rate_wait = math.max(1, math.max(tat, now_us) + ahead * interval - tolerance - now_us)
+end
+return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared, rate_wait}
