@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
 import urllib.error
@@ -11,20 +12,28 @@ from pathlib import Path
 
 from tests.support.arrivals import ArrivalProcess
 
-from .harness import dprl, figure_row, nginx
+from .harness import dprl, figure_row, nginx, redis_server
 from .tunnels import tunnel_runs
 
 
-def figure_rate_cost(args: argparse.Namespace, workdir: Path) -> dict:
-    """CONNECT tunnels/s with a rate set on the host (high enough never to bite) against none."""
+def figure_rate_cost(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """CONNECT tunnels/s with a rate set on the host (high enough never to bite) against none,
+    in one process, then through Redis."""
+    rows = [_cost(args, workdir, "local", [])]
+    with redis_server() as url:
+        rows.append(_cost(args, workdir, "distributed", ["--redis-url", url]))
+    return rows
+
+
+def _cost(args: argparse.Namespace, workdir: Path, name: str, extra: list[str]) -> dict:
     with (
         nginx(workdir) as upstream,
-        dprl("--max-connections", "100000") as plain,
-        dprl("--max-connections", "100000", "--max-rate", "1000000/s:burst=1000") as rated,
+        dprl("--max-connections", "100000", *extra) as plain,
+        dprl("--max-connections", "100000", "--max-rate", "1000000/s:burst=1000", *extra) as rated,
     ):
         plain.name, rated.name = "no rate", "rate set"
         direct, runs = tunnel_runs(args, workdir, upstream, [plain, rated])
-    row = figure_row("CONNECT tunnels/s, local, with a rate that never bites", direct, runs, "us/tunnel")
+    row = figure_row(f"CONNECT tunnels/s, {name}, with a rate that never bites", direct, runs, "us/tunnel")
     row["lines"] = [
         f"{row['figure']}: no rate {row['no rate']:.1f}/s ({row['no rate cpu']:.1f} us CPU/tunnel), "
         f"rate set {row['rate set']:.1f}/s ({row['rate set cpu']:.1f} us CPU/tunnel): "
@@ -33,18 +42,31 @@ def figure_rate_cost(args: argparse.Namespace, workdir: Path) -> dict:
     return row
 
 
-def figure_rate_precision(args: argparse.Namespace, workdir: Path) -> dict:
-    """40 clients sending plain requests as fast as they can through a 50/s, burst 5 rate:
-    for each window W, the most arrivals the upstream saw in any W, against b + r*W."""
+def figure_rate_precision(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """40 clients sending plain requests as fast as they can through a 50/s, burst 5 rate,
+    through one local proxy, then through 3 workers sharing it in Redis: for each window W,
+    the most arrivals the upstream saw in any W, against b + r*W."""
+    rows = [_precision(args, "local, 1 process", [])]
+    with redis_server() as url:
+        rows.append(_precision(args, "distributed, 3 workers", ["--redis-url", url], workers=3))
+    return rows
+
+
+def _precision(args: argparse.Namespace, name: str, extra: list[str], workers: int = 1) -> dict:
     origin = ArrivalProcess()  # its own process: the 40 client threads here do not delay its clock
     rate, burst, clients = 50.0, 5, 40
-    with dprl("--max-rate", f"{rate:g}/s:burst={burst}", "--reject-status", "429") as proxy:
+    options = ["--max-rate", f"{rate:g}/s:burst={burst}", "--reject-status", "429", *extra]
+    with contextlib.ExitStack() as stack:
+        ports = [stack.enter_context(dprl(*options)).port for _ in range(workers)]
         url = f"http://{origin.authority}/x"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{proxy.port}"}))
-        until = time.monotonic() + args.duration
+        openers = [
+            urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+            for port in ports
+        ]
         start = time.monotonic()
+        until = start + args.duration
 
-        def push() -> None:
+        def push(opener: urllib.request.OpenerDirector) -> None:
             while time.monotonic() < until:
                 try:
                     opener.open(url, timeout=10).read()
@@ -53,22 +75,19 @@ def figure_rate_precision(args: argparse.Namespace, workdir: Path) -> dict:
                 except OSError:
                     pass
 
-        threads = [threading.Thread(target=push) for _ in range(clients)]
+        threads = [threading.Thread(target=push, args=(openers[i % workers],)) for i in range(clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
     origin.collect()
     seen = len([t for t in origin.arrivals if t >= start])
-    ratios = {}
-    for width in (0.1, 0.5, 1.0, args.duration):
-        ratios[width] = origin.most_in_any_window(width) / (burst + rate * width)
-    worst = max(ratios.values())
-    row = {"figure": "rate precision, local, 50/s burst 5, 40 clients", "direct": None}
+    ratios = {w: origin.most_in_any_window(w) / (burst + rate * w) for w in (0.1, 0.5, 1.0, args.duration)}
+    expected = burst + rate * args.duration
+    row = {"figure": f"rate precision, {name}, 50/s burst 5, 40 clients", "direct": None}
     row["lines"] = [
-        f"{row['figure']}: worst window / (b + r*W) = {worst:.3f} "
+        f"{row['figure']}: worst window / (b + r*W) = {max(ratios.values()):.3f} "
         f"({', '.join(f'W={w:g}s {r:.3f}' for w, r in ratios.items())}); "
-        f"arrivals {seen} in {args.duration:g}s against b + r*T = {burst + rate * args.duration:g} "
-        f"({seen / (burst + rate * args.duration):.3f})"
+        f"arrivals {seen} in {args.duration:g}s against b + r*T = {expected:g} ({seen / expected:.3f})"
     ]
     return row
