@@ -176,6 +176,26 @@ class ProxyRateLimiter:
         else:
             self._fleet().change_stored_limit("default", "", limit)
 
+    def set_fleet_rate(self, host: str, rate: str | Rate | None) -> None:
+        """Store ``host``'s (or a pattern's) rate in Redis for the whole fleet (``"10/s"``); it
+        beats the processes' own. None removes it. Applied here at once, everywhere within a second."""
+        if rate is None:
+            self._fleet().change_stored_limit("rmrate", host)
+        else:
+            self._fleet().change_stored_limit("setrate", host, rate=str(rate))
+
+    def set_fleet_default_rate(self, rate: str | Rate | None) -> None:
+        """The fleet's default rate; None gives each process its own default back."""
+        if rate is None:
+            self._fleet().change_stored_limit("rmdefaultrate")
+        else:
+            self._fleet().change_stored_limit("defaultrate", rate=str(rate))
+
+    def fleet_rates(self) -> dict[str, Rate]:
+        """The stored rates as this worker last read them (hosts and patterns)."""
+        self._fleet()
+        return self.limits.stored_rates()
+
     def fleet_limits(self) -> dict[str, int]:
         """The stored limits as this worker last read them (hosts and patterns)."""
         self._fleet()
@@ -211,7 +231,7 @@ class ProxyRateLimiter:
         self.limits.default_rate = parse_rate(rate) if isinstance(rate, str) else rate
 
     def _rates_supported(self) -> None:
-        if self.limiter.mode == "local" and type(self.limiter) is not MemoryLimiter:  # --workers: not shared yet
+        if not self.limiter.rates_supported:
             raise RuntimeError("request rates are not available with --workers in local mode yet")
 
     def active_connections_for_host(self, host: str) -> int:

@@ -163,6 +163,16 @@ class HostLimits:
         exact = {k: r for k, r in keyed.items() if not k.startswith("*.")}
         self._rate_exact, self._rate_patterns = exact, {k: r for k, r in keyed.items() if k.startswith("*.")}
 
+    def set_stored_rates(self, rates: Mapping[HostKey, Rate], default: Rate | None) -> None:
+        """The fleet's stored rates replace the previous ones (they come before this process's)."""
+        exact = {k: r for k, r in rates.items() if not k.startswith("*.")}
+        patterns = {k: r for k, r in rates.items() if k.startswith("*.")}
+        self._stored_rate_exact, self._stored_rate_patterns = exact, patterns
+        self.stored_default_rate = default
+
+    def stored_rates(self) -> dict[HostKey, Rate]:
+        return {**self._stored_rate_exact, **self._stored_rate_patterns}
+
     def rates(self) -> dict[HostKey, Rate]:
         """This process's own rates, hosts and patterns."""
         return {**self._rate_exact, **self._rate_patterns}

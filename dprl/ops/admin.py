@@ -20,6 +20,7 @@ from gevent.pywsgi import WSGIServer
 
 from ..errors import LimiterUnavailable, ListenError
 from ..limits.hosts import normalize_host_spec, normalize_limit_spec
+from ..limits.rates import Rate, parse_rate
 from ..proxy.server import ProxyServer
 from . import snapshot
 from .exposition import Rendered, host_row, host_rows, render_metrics
@@ -100,10 +101,20 @@ class AdminServer:
             document: dict[str, object] = {
                 "mode": limiter.mode,
                 "default": limits.effective_default(),
-                "process": {"default": limits.default, "limits": {**limits.overrides(), **limits.patterns()}},
+                "process": {
+                    "default": limits.default,
+                    "limits": {**limits.overrides(), **limits.patterns()},
+                    "default_rate": _shown(limits.default_rate),
+                    "rates": {key: str(rate) for key, rate in limits.rates().items()},
+                },
             }
             if limiter.mode == "redis":
-                document["fleet"] = {"default": limits.stored_default, "limits": limits.stored()}
+                document["fleet"] = {
+                    "default": limits.stored_default,
+                    "limits": limits.stored(),
+                    "default_rate": _shown(limits.stored_default_rate),
+                    "rates": {key: str(rate) for key, rate in limits.stored_rates().items()},
+                }
             return _reply(start_response, 200, _json(document), _JSON)
         if method not in ("PUT", "DELETE") or not host:
             allowed = "GET, HEAD" if not host else "PUT, DELETE"
@@ -113,24 +124,37 @@ class AdminServer:
             return _reply(start_response, 403, f"forbidden: {refusal}\n".encode(), _TEXT)
         try:
             key = normalize_limit_spec(host)
-            limit = 0
+            limit, rate = 0, None
+            of_rate = "rate" in environ.get("QUERY_STRING", "").split("&")  # DELETE /limits/HOST?rate
             if method == "PUT":
                 text = environ["wsgi.input"].read(64).decode().strip()
-                if not text.isdigit():
-                    raise ValueError(f"the body must be a whole number, got {text!r}")
-                limit = int(text)
+                if "/" in text:  # a rate: 10/s, 600/m:burst=20
+                    rate, of_rate = parse_rate(text), True
+                elif not text.isdigit():
+                    raise ValueError(f"the body must be a whole number, or a rate (10/s), got {text!r}")
+                else:
+                    limit = int(text)
+            if of_rate and not limiter.rates_supported:
+                raise ValueError("request rates are not available with --workers in local mode yet")
         except ValueError as exc:
             return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
         by = f"admin client {environ.get('REMOTE_ADDR')}"
         if limiter.mode == "redis":
+            op = ("setrate" if rate is not None else "rmrate") if of_rate else ("set" if method == "PUT" else "rm")
             try:
-                limiter.change_stored_limit("set" if method == "PUT" else "rm", key, limit, by)  # type: ignore[attr-defined]  # mode "redis": a RedisLimiter
+                limiter.change_stored_limit(op, key, limit, by, str(rate or ""))  # type: ignore[attr-defined]  # mode "redis": a RedisLimiter
             except LimiterUnavailable as exc:
                 return _reply(start_response, 503, f"{exc}\n".encode(), _TEXT)
+        elif of_rate:
+            limits.set_rate(key, rate)
+            self.log.info("rate changed by %s: %s", by, f"{key}={rate}" if rate is not None else f"{key} removed")
         else:
             limits.set(key, limit)  # 0 removes, as in the library
             self.log.info("limit changed by %s: %s", by, f"{key}={limit}" if method == "PUT" else f"{key} removed")
-        return _reply(start_response, 200, _json({"host": key, "limit": limits.limit_for(key)}), _JSON)
+        answer: dict[str, object] = {"host": key, "limit": limits.limit_for(key)}
+        if of_rate or limits.rate_for(key) is not None:
+            answer["rate"] = _shown(limits.rate_for(key))
+        return _reply(start_response, 200, _json(answer), _JSON)
 
     def _write_refusal(self, environ: dict) -> str:
         token, given = self.proxy.settings.admin_token, environ.get("HTTP_AUTHORIZATION", "")
@@ -160,6 +184,10 @@ def _hosts_document(shot: snapshot.Snapshot) -> bytes:
     head = _json({"mode": shot.mode, "default_limit": shot.default_limit, "hosts": []})[: -len(b"]}\n")]
     rows = ",".join(json.dumps(row, separators=(",", ":")) for row in host_rows(shot))
     return head + rows.encode() + b"]}\n"
+
+
+def _shown(rate: Rate | None) -> str | None:
+    return None if rate is None else str(rate)
 
 
 def _json(value: object) -> bytes:

@@ -439,12 +439,12 @@ class RedisLimiter(Limiter):
 
         return self.bridge.call(count)
 
-    def change_stored_limit(self, op: str, host: str = "", limit: int = 0, by: str = "") -> int:
-        """Change the fleet's stored limits (see stored_limits.change); from any thread.
+    def change_stored_limit(self, op: str, host: str = "", limit: int = 0, by: str = "", rate: str = "") -> int:
+        """Change the fleet's stored limits or rates (see stored_limits.change); from any thread.
         This worker applies the change before returning; the others within a second."""
 
         def run(topology: Topology) -> int:
-            version = change(topology.shard_for(LIMITS_TAG).runner, self.prefix, op, host, limit, by)
+            version = change(topology.shard_for(LIMITS_TAG).runner, self.prefix, op, host, limit, by, rate)
             if topology is self.topology:
                 self.limit_sync.sync()
             return version

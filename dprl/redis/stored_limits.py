@@ -23,15 +23,16 @@ import gevent.event
 from ..background import Background
 from ..errors import RedisUnavailable
 from ..limits.hosts import HostKey, HostLimits, normalize_limit_spec
+from ..limits.rates import Rate, parse_rate
 from .protocol import ReplyError
 from .scripts import LIMITS, LIMITS_READ, ScriptRunner
 
 LIMITS_TAG = "limits"  # the hash tag of every key of the stored limits: one Cluster slot
 
 
-def limit_keys(prefix: str) -> tuple[str, str, str]:
+def limit_keys(prefix: str) -> tuple[str, str, str, str, str]:
     base = f"{prefix}:{{{LIMITS_TAG}}}"
-    return f"{base}:hosts", f"{base}:default", f"{base}:version"
+    return f"{base}:hosts", f"{base}:default", f"{base}:version", f"{base}:rates", f"{base}:default_rate"
 
 
 def limits_channel(prefix: str) -> str:
@@ -52,25 +53,55 @@ class StoredLimits:
     version: str = ""
     default: int | None = None
     limits: dict[HostKey, int] = field(default_factory=dict)  # host keys and patterns
+    default_rate: Rate | None = None
+    rates: dict[HostKey, Rate] = field(default_factory=dict)  # host keys and patterns
 
 
 def read(runner: ScriptRunner, prefix: str, known: str = "") -> StoredLimits | None:
-    """The stored limits; None if their version is ``known`` (nothing changed)."""
-    reply: Any = runner.run(LIMITS_READ, limit_keys(prefix), (known,))  # limits_read.lua: {version, default, flat}
-    raw_version, default, flat = reply
+    """The stored limits and rates; None if their version is ``known`` (nothing changed)."""
+    reply: Any = runner.run(LIMITS_READ, limit_keys(prefix), (known,))  # limits_read.lua's five
+    raw_version, default, flat, default_rate, flat_rates = reply
     version = raw_version.decode() if isinstance(raw_version, bytes) else str(raw_version)
     if flat is None or flat is False:
         return None if version == known else StoredLimits(version)
     limits = {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-    return StoredLimits(version, int(default) if default not in (None, False) else None, limits)
+    rates = {}
+    for i in range(0, len(flat_rates or ()), 2):
+        rate = _stored_rate(flat_rates[i + 1])
+        if rate is not None:
+            rates[flat_rates[i].decode()] = rate
+    return StoredLimits(
+        version,
+        int(default) if default not in (None, False) else None,
+        limits,
+        _stored_rate(default_rate) if default_rate not in (None, False) else None,
+        rates,
+    )
 
 
-def change(runner: ScriptRunner, prefix: str, op: str, host: str = "", limit: int = 0, by: str = "") -> int:
-    """``op``: set (HOST N), rm (HOST), default (N) or rmdefault. Returns the new version."""
+def _stored_rate(value: bytes) -> Rate | None:
+    """A stored rate, as ``dprl limits`` wrote it (checked then; a bad one is ignored here)."""
+    try:
+        return parse_rate(value.decode())
+    except ValueError:
+        return None
+
+
+def change(
+    runner: ScriptRunner, prefix: str, op: str, host: str = "", limit: int = 0, by: str = "", rate: str = ""
+) -> int:
+    """``op``: set (HOST N), rm (HOST), default (N), rmdefault; setrate (HOST RATE), rmrate
+    (HOST), defaultrate (RATE), rmdefaultrate. Returns the new version."""
     key = normalize_limit_spec(host) if host else ""
     if op in ("set", "default") and limit < 0:
         raise ValueError(f"limit must be 0 (unlimited) or more, got {limit}")
-    args = (op, key, int(limit), limits_channel(prefix), by or who())
+    value: object = int(limit)
+    if op in ("setrate", "defaultrate"):
+        parsed = parse_rate(rate)  # ValueError (one line) for a bad one
+        if parsed is None:
+            raise ValueError("a stored rate must be more than 0: remove it instead (rm --rate)")
+        value = str(parsed)
+    args = (op, key, value, limits_channel(prefix), by or who())
     return int(runner.run(LIMITS, limit_keys(prefix), args))
 
 
@@ -104,7 +135,15 @@ class LimitSync:
     def on_message(self, text: str) -> None:
         """A change published by limits.lua: "version op key value who"; logged once here."""
         version, op, key, value, by = (text.split(" ", 4) + [""] * 5)[:5]
-        what = {"set": f"{key}={value}", "rm": f"{key} removed", "default": f"default={value}"}.get(op, op)
+        what = {
+            "set": f"{key}={value}",
+            "rm": f"{key} removed",
+            "default": f"default={value}",
+            "setrate": f"{key} rate={value}",
+            "rmrate": f"{key} rate removed",
+            "defaultrate": f"default rate={value}",
+            "rmdefaultrate": "default rate removed",
+        }.get(op, op)
         self.log.info("fleet limit changed by %s: %s (version %s)", by, what, version)
         self._now.set()
 
@@ -114,6 +153,7 @@ class LimitSync:
         if stored is None:
             return False
         self.limits.set_stored(stored.limits, stored.default)
+        self.limits.set_stored_rates(stored.rates, stored.default_rate)
         first, self.version = not self.version, stored.version
         if first and (stored.limits or stored.default is not None):
             self.log.info(

@@ -48,6 +48,8 @@ class MachineLimiter(MemoryLimiter):
     """A worker's limiter over the slot table its ``seat`` names (its column, the workers'
     wake sockets)."""
 
+    rates_supported = False  # the machine's table holds no arrival times yet: a rate would be per process
+
     def __init__(self, limits: HostLimits, seat: Seat, stats: ProxyStats | None = None) -> None:
         super().__init__(limits, stats)
         self.wake_prefix = seat.wake_prefix

@@ -169,8 +169,14 @@ def test_admin_writes_need_the_token_when_one_is_set(own_redis, make_proxy) -> N
         wait_for(lambda: other.limits.limit_for("api.example.com") == 3, timeout=1, what="the other worker")
         assert requests.put(url, data="x", headers=good, timeout=5).status_code == 400
         listing = requests.get(f"{proxy.admin_url}/limits", timeout=5).json()
-        assert listing["fleet"] == {"default": None, "limits": {"api.example.com": 3}}
-        assert listing["process"] == {"default": 4, "limits": {}} and listing["default"] == 4
+        assert listing["fleet"] == {
+            "default": None,
+            "limits": {"api.example.com": 3},
+            "default_rate": None,
+            "rates": {},
+        }
+        assert listing["process"] == {"default": 4, "limits": {}, "default_rate": None, "rates": {}}
+        assert listing["default"] == 4
         assert requests.delete(url, headers=good, timeout=5).status_code == 200
         wait_for(lambda: other.limits.limit_for("api.example.com") == 4, timeout=1, what="removed")
     finally:

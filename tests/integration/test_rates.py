@@ -398,3 +398,57 @@ def test_on_redis_error_local_paces_each_process_at_the_rate(arrivals):
         assert len(arrivals.arrivals) == 1
     finally:
         assert worker.stop() == 0
+
+
+def _limits_cli(redis_server, prefix: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "dprl", "limits", *args, "--redis-url", redis_server.url, "--redis-prefix", prefix]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_a_fleet_rate_set_with_dprl_limits_reaches_every_worker_within_a_second(redis_server, redis_prefix, arrivals):
+    workers = _fleet(redis_server, redis_prefix, 2)
+    try:
+        url = f"http://{arrivals.authority}/x"
+
+        def status(worker: ProxyProcess) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+            return _get(conn, url, close=True)[0]
+
+        assert [status(w) for w in workers for _ in range(3)] == [200] * 6  # no rate yet
+        run = _limits_cli(redis_server, redis_prefix, "set", arrivals.authority, "--rate", "1/m")
+        assert run.returncode == 0 and "rate = 1/m" in run.stdout, run.stderr
+        changed = time.monotonic()
+        for worker in workers:  # each refuses within a second: the fleet has one token a minute
+            while status(worker) == 200:
+                assert time.monotonic() - changed < 1.0 + 0.5, "the stored rate did not reach a worker"
+                time.sleep(0.02)
+        listed = _limits_cli(redis_server, redis_prefix, "list").stdout
+        assert f"{arrivals.authority} rate = 1/m" in listed
+        assert "rate 1/m" in _limits_cli(redis_server, redis_prefix, "get", arrivals.authority).stdout
+        assert _limits_cli(redis_server, redis_prefix, "rm", arrivals.authority, "--rate").returncode == 0
+        wait_for(lambda: all(status(w) == 200 for w in workers), timeout=1.5, what="the rate removed everywhere")
+        bad = _limits_cli(redis_server, redis_prefix, "set", arrivals.authority, "--rate", "fast")
+        assert bad.returncode == 2 and bad.stderr.startswith("dprl limits: error:")
+    finally:
+        for worker in workers:
+            assert worker.stop() == 0
+        client = redis_server.client()  # the stored limits are configuration: they outlive workers
+        client.delete(*client.keys(f"{redis_prefix}:{{limits}}:*"))
+        client.close()
+
+
+def test_the_admin_api_sets_and_removes_a_rate(make_proxy, arrivals):
+    proxy = make_proxy(admin_port=free_port())
+    admin = f"{proxy.admin_url}/limits/{arrivals.authority}"
+    answer = requests.put(admin, data="1/m", timeout=10)
+    assert answer.status_code == 200 and answer.json()["rate"] == "1/m"
+    assert requests.get(f"{proxy.admin_url}/limits", timeout=10).json()["process"]["rates"] == {
+        arrivals.authority: "1/m"
+    }
+    statuses = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        statuses.append(_get(conn, f"http://{arrivals.authority}/x", close=True)[0])
+    assert statuses == [200, 500]
+    assert requests.delete(f"{admin}?rate", timeout=10).json()["rate"] is None
+    assert requests.put(admin, data="0/s", timeout=10).status_code == 400
