@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from .errors import ConfigError
@@ -23,6 +23,7 @@ from .redact import MASK, masked_url
 from .redis.address import RedisDeployment
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
 REDIS_POLICIES = ("reject", "allow", "local")
 LEASE_LOSS_POLICIES = ("keep", "close")
@@ -218,27 +219,26 @@ def _redis_prefix(value: str) -> str:
     return value
 
 
-def _host_limits(value: dict[str, int]) -> dict[HostKey, int]:
-    limits = {}
-    for host, limit in value.items():
+def _by_host_key(value: dict[str, T], what: str) -> dict[HostKey, T]:
+    """``value`` keyed by normalised host keys and patterns; a bad host is one line."""
+    keyed = {}
+    for host, item in value.items():
         try:
-            key = normalize_limit_spec(host)
+            keyed[normalize_limit_spec(host)] = item
         except ValueError as exc:
-            raise ConfigError(f"host limit {host!r}: {exc}") from None
+            raise ConfigError(f"{what} {host!r}: {exc}") from None
+    return keyed
+
+
+def _host_limits(value: dict[str, int]) -> dict[HostKey, int]:
+    for host, limit in value.items():
         if int(limit) < 0:
             raise ConfigError(f"host limit for {host!r} must be 0 or more, got {limit}")
-        limits[key] = int(limit)
-    return limits
+    return {key: int(limit) for key, limit in _by_host_key(value, "host limit").items()}
 
 
 def _host_rates(value: dict[str, Rate]) -> dict[HostKey, Rate]:
-    rates = {}
-    for host, rate in value.items():
-        try:
-            rates[normalize_limit_spec(host)] = rate
-        except ValueError as exc:
-            raise ConfigError(f"host rate {host!r}: {exc}") from None
-    return rates
+    return _by_host_key(value, "host rate")
 
 
 def _default_rate(value: Rate | str | None) -> Rate | None:

@@ -11,26 +11,24 @@
 -- ARGV[4]  the channel workers listen on
 -- ARGV[5]  who made the change (for the workers' log)
 -- Returns the new version. The message published is "version op key value who".
-local op = ARGV[1]
-if op == 'set' then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-elseif op == 'rm' then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-elseif op == 'default' then
-  redis.call('SET', KEYS[2], ARGV[3])
-elseif op == 'rmdefault' then
-  redis.call('DEL', KEYS[2])
-elseif op == 'setrate' then
-  redis.call('HSET', KEYS[4], ARGV[2], ARGV[3])
-elseif op == 'rmrate' then
-  redis.call('HDEL', KEYS[4], ARGV[2])
-elseif op == 'defaultrate' then
-  redis.call('SET', KEYS[5], ARGV[3])
-elseif op == 'rmdefaultrate' then
-  redis.call('DEL', KEYS[5])
+local ops = {  -- op -> {what it does, the key it does it to}
+  set = {'HSET', 1}, rm = {'HDEL', 1}, default = {'SET', 2}, rmdefault = {'DEL', 2},
+  setrate = {'HSET', 4}, rmrate = {'HDEL', 4}, defaultrate = {'SET', 5}, rmdefaultrate = {'DEL', 5},
+}
+local op = ops[ARGV[1]]
+if not op then
+  return redis.error_reply('unknown limits operation ' .. ARGV[1])
+end
+local command, key = op[1], KEYS[op[2]]
+if command == 'HSET' then
+  redis.call('HSET', key, ARGV[2], ARGV[3])
+elseif command == 'HDEL' then
+  redis.call('HDEL', key, ARGV[2])
+elseif command == 'SET' then
+  redis.call('SET', key, ARGV[3])
 else
-  return redis.error_reply('unknown limits operation ' .. op)
+  redis.call('DEL', key)
 end
 local version = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[4], version .. ' ' .. op .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
+redis.call('PUBLISH', ARGV[4], version .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[5])
 return version
