@@ -335,18 +335,23 @@ class RedisLimiter(Limiter):
         deadline = time.monotonic() + self.waiting.policy.timeout
         interval, tolerance = _rate_args(rate)
         while True:
+            shard: Shard | None = None
             try:
                 shard = self.topology.shard_for(self.keyspace.tag(key))
                 refusal = self._refusal(shard)
                 if refusal:
                     raise RedisUnavailable(refusal)
                 _, wait_us = self.router.run(shard, key, PACE, (interval, tolerance))
+                self.refresher.mark_up(shard)
             except FAILURES as exc:
                 if self.on_error == "reject":
                     raise LimiterUnavailable(f"Redis unavailable ({exc})") from None
                 if self.on_error == "local":
                     self._pace_locally(key)
                 return
+            finally:
+                if shard is not None:
+                    shard.probing = False  # this call was the probe _refusal may have let through
             if not wait_us:
                 return
             wait = int(wait_us) / 1e6

@@ -4,6 +4,7 @@ loss, measured at an upstream that timestamps every request."""
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ import pytest
 
 from dprl.limits.rates import parse_rate
 
-from ..integration.test_rates import JITTER, _push
+from ..integration.test_rates import JITTER, _get, _push
 from ..support.arrivals import ArrivalProcess
+from ..support.network import wait_for
 from ..support.proxy_process import ProxyProcess
 from ..support.redis_server import RedisServer
 
@@ -55,6 +57,33 @@ def test_a_redis_that_loses_its_data_costs_at_most_one_extra_burst(own_redis, lo
         for width in (0.25, 0.5, 1.0, 2.0):
             most = arrivals.most_in_any_window(width)
             assert most <= 2 * rate.burst + rate.per_second * (width + JITTER), (width, most)
+    finally:
+        upstream.close()
+        assert worker.stop() == 0
+
+
+def test_keep_alive_requests_through_an_outage_leave_admission_working_after_it(own_redis):
+    """Requests on kept-alive connections take their tokens with pace.lua; during an outage
+    they are answered by the policy (allow), and once Redis is back new connections are
+    admitted again (the probe a paced request made is not left standing)."""
+    upstream = ArrivalProcess()
+    args = ("--max-rate", "1000/s:burst=100", "--on-redis-error", "allow", "--redis-timeout", "0.2")
+    worker = ProxyProcess("--redis-url", own_redis.url, "--lease-ttl", "3", *args)
+    try:
+        url = f"http://{upstream.authority}/x"
+        conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+        assert _get(conn, url)[0] == 200
+        own_redis.kill()
+        for _ in range(5):  # on the kept-alive upstream connection: pace.lua fails, allow answers
+            assert _get(conn, url)[0] == 200
+            time.sleep(0.3)
+        own_redis.start()
+
+        def admitted() -> bool:
+            fresh = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+            return _get(fresh, url, close=True)[0] == 200 and "Redis available again" in "\n".join(worker.lines)
+
+        wait_for(admitted, timeout=10, what="admissions through Redis again")
     finally:
         upstream.close()
         assert worker.stop() == 0
