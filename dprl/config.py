@@ -365,14 +365,6 @@ class Config:
                     raise ConfigError(_message(flag(spec)[2:], exc)) from None
         if self.redis_url and self.redis_addr:
             raise ConfigError("give either redis-url or redis-addr, not both")
-        rated = self.max_rate is not None or bool(self.host_rates)
-        if rated and self.workers != "1" and not (self.redis_url or self.redis_addr):
-            # A rate must hold for every process that shares it: the workers' shared table
-            # holds no rates yet, and a rate per process would silently multiply it.
-            raise ConfigError(
-                "request rates (max-rate, host-rates) are not available with --workers in local mode yet "
-                "(with --redis-url every worker shares them)"
-            )
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),

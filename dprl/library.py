@@ -222,17 +222,11 @@ class ProxyRateLimiter:
     def set_host_rate(self, host: str, rate: str | Rate | None) -> None:
         """Rate ``host`` (or a ``*.domain`` pattern): ``"10/s"``, ``"600/m:burst=20"`` or a Rate;
         None or ``"0"`` removes its own (the default applies). Local mode only, for now."""
-        self._rates_supported()
         self.limits.set_rate(host, parse_rate(rate) if isinstance(rate, str) else rate)
 
     def set_default_rate(self, rate: str | Rate | None) -> None:
         """The rate of hosts without one of their own (None or ``"0"``: none)."""
-        self._rates_supported()
         self.limits.default_rate = parse_rate(rate) if isinstance(rate, str) else rate
-
-    def _rates_supported(self) -> None:
-        if not self.limiter.rates_supported:
-            raise RuntimeError("request rates are not available with --workers in local mode yet")
 
     def active_connections_for_host(self, host: str) -> int:
         """Open connections to ``host`` fleet-wide (this process alone in local mode)."""

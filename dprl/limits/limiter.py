@@ -75,10 +75,6 @@ class Limiter(ABC):
     Implementations: ``MemoryLimiter`` (one process) and ``RedisLimiter`` (a fleet).
     """
 
-    # Whether request rates hold over everything this limiter's counts cover (a process, a
-    # fleet); a limiter whose counts are shared where its rates are not says False.
-    rates_supported = True
-
     def __init__(self, limits: HostLimits, stats: ProxyStats | None = None) -> None:
         self.limits = limits
         # what operators see of this process (dprl.ops reads it; the proxy and this limiter write it)

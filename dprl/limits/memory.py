@@ -18,7 +18,7 @@ from ..errors import LimitExceeded, RateExceeded
 from ..stats import ProxyStats
 from .hosts import SHARED, HostKey, HostLimits, SharedCap
 from .limiter import Admission, Limiter, Slot, count_down
-from .rates import RateBook
+from .rates import Rate, RateBook
 from .waiting import Watch
 
 
@@ -57,12 +57,10 @@ class MemoryLimiter(Limiter):
             return Admission.GROUP_FULL
         rate = self.limits.rate_for(key)
         if rate is not None:  # checked after the caps: a refusal by a cap takes no token
-            now = time.monotonic()
-            verdict = self.rate_book.check(key, rate, now)
-            if verdict.wait:
-                self._rate_wait = verdict.wait
+            wait = self._take_token(key, rate)
+            if wait:
+                self._rate_wait = wait
                 return Admission.RATE
-            self.rate_book.commit(key, rate, verdict, now)
         self._counts[key] = self._counts.get(key, 0) + 1
         if cap is not None:
             self._shared[cap.name] = self._shared.get(cap.name, 0) + 1
@@ -83,20 +81,29 @@ class MemoryLimiter(Limiter):
             return LimitExceeded(key, cap.limit, shared=cap.name)
         return LimitExceeded(key, limit)
 
+    # the rate: what MachineLimiter keeps in shared memory instead ---------------------
+    def _take_token(self, key: HostKey, rate: Rate) -> float:
+        """Take a token of ``key`` now: 0.0, or the seconds until one comes (nothing taken)."""
+        now = time.monotonic()
+        verdict = self.rate_book.check(key, rate, now)
+        if verdict.wait:
+            return verdict.wait
+        self.rate_book.commit(key, rate, verdict, now)
+        return 0.0
+
+    def _token_eta(self, key: HostKey, rate: Rate, ahead: int) -> float:
+        """Seconds until the token after ``ahead`` others' (0: now)."""
+        return self.rate_book.eta(key, rate, time.monotonic(), ahead)
+
     def pace(self, key: HostKey, watch: Watch | None = None) -> None:
         rate = self.limits.rate_for(key)
         if rate is None:
             return
         deadline = time.monotonic() + self.waiting.policy.timeout
-        while True:
-            now = time.monotonic()
-            verdict = self.rate_book.check(key, rate, now)
-            if not verdict.wait:
-                self.rate_book.commit(key, rate, verdict, now)
-                return
-            if now + verdict.wait > deadline:
-                raise RateExceeded(key, str(rate), verdict.wait)
-            gevent.sleep(verdict.wait)  # a timer for the token's moment
+        while wait := self._take_token(key, rate):
+            if time.monotonic() + wait > deadline:
+                raise RateExceeded(key, str(rate), wait)
+            gevent.sleep(wait)  # a timer for the token's moment
 
     def _refuse_a_useless_wait(self, key: HostKey, line: str, limit: int) -> None:
         """RateExceeded at once when this connection's token (after the waiters of its host
@@ -105,7 +112,7 @@ class MemoryLimiter(Limiter):
         if rate is None:
             return
         ahead = sum(1 for waiter in self.waiting.hosts.get(line, ()) if waiter.key == key)
-        eta = self.rate_book.eta(key, rate, time.monotonic(), ahead)
+        eta = self._token_eta(key, rate, ahead)
         timeout = self.waiting.policy.timeout
         if eta > timeout:
             raise RateExceeded(
@@ -115,11 +122,9 @@ class MemoryLimiter(Limiter):
     def _wake_at_token(self, line: str, key: HostKey) -> None:
         """A hub timer for the moment the next token of ``key`` is due (not a poll): the
         line's waiters are handed slots then."""
-        rate = self.limits.rate_for(key)
-        if rate is None or line in self._rate_timers:
+        if line in self._rate_timers:
             return
-        wait = self.rate_book.next_token(key, rate, time.monotonic())
-        timer = gevent.get_hub().loop.timer(wait, ref=False)
+        timer = gevent.get_hub().loop.timer(self._rate_wait, ref=False)  # from the refusal just made
         self._rate_timers[line] = timer
         timer.start(self._token_due, line)
 

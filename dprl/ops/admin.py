@@ -134,8 +134,6 @@ class AdminServer:
                     raise ValueError(f"the body must be a whole number, or a rate (10/s), got {text!r}")
                 else:
                     limit = int(text)
-            if of_rate and not limiter.rates_supported:
-                raise ValueError("request rates are not available with --workers in local mode yet")
         except ValueError as exc:
             return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
         by = f"admin client {environ.get('REMOTE_ADDR')}"

@@ -22,6 +22,7 @@ from ..errors import LimiterUnavailable
 from ..limits.hosts import SHARED, HostKey, HostLimits, SharedCap
 from ..limits.limiter import Admission, Slot
 from ..limits.memory import MemoryLimiter
+from ..limits.rates import Rate
 from ..limits.waiting import Watch
 from ..stats import ProxyStats
 from .seat import Seat
@@ -48,8 +49,6 @@ class MachineLimiter(MemoryLimiter):
     """A worker's limiter over the slot table its ``seat`` names (its column, the workers'
     wake sockets)."""
 
-    rates_supported = False  # the machine's table holds no arrival times yet: a rate would be per process
-
     def __init__(self, limits: HostLimits, seat: Seat, stats: ProxyStats | None = None) -> None:
         super().__init__(limits, stats)
         self.wake_prefix = seat.wake_prefix
@@ -69,9 +68,23 @@ class MachineLimiter(MemoryLimiter):
             raise LimiterUnavailable(str(exc)) from None
 
     def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> Admission:
+        rate = self.limits.rate_for(key)
         if cap is None:
-            return self.table.take(key, limit, since=since)
-        return self.table.take(key, limit, SHARED + cap.name, cap.limit, since)
+            verdict = self.table.take(key, limit, since=since, rate=rate)
+        else:
+            verdict = self.table.take(key, limit, SHARED + cap.name, cap.limit, since, rate)
+        if verdict == Admission.RATE:
+            self._rate_wait = self.table.rate_wait
+        return verdict
+
+    def _take_token(self, key: HostKey, rate: Rate) -> float:
+        try:
+            return self.table.pace(key, rate)
+        except TableFull as exc:
+            raise LimiterUnavailable(str(exc)) from None
+
+    def _token_eta(self, key: HostKey, rate: Rate, ahead: int) -> float:
+        return self.table.eta(key, rate, ahead)
 
     def _uncount(self, key: HostKey, group: str) -> None:
         shared = SHARED + group if group else ""

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import mmap
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 
 from ..limits.hosts import SHARED
 from ..limits.limiter import Admission
+from ..limits.rates import Rate, gcra, rescaled
 
 MAGIC = b"DPRLTAB1"
 _HEADER = struct.Struct("=8sIII")  # magic, capacity, workers, entry size
@@ -40,6 +43,15 @@ _KEY_AT = _HASH.size
 _COUNTS_AT = 272  # total, then one count per worker (int32)
 _I32 = struct.Struct("=i")
 _I64 = struct.Struct("=q")
+# Request rates: after the entries, a region of arrival times, one bucket per rated host
+# (its own life: a rate outlives every connection). A bucket is the host's 64-bit key hash
+# (0 = empty), its TAT and the interval it is in, seconds of CLOCK_MONOTONIC (one clock for
+# the machine). A bucket whose TAT has passed says nothing and is free; a host looks in
+# RATE_PROBES buckets from its home. Two hosts with one 64-bit hash would share a rate
+# (stricter, never looser).
+RATE_BUCKETS = 1 << 14
+RATE_PROBES = 16
+_RATE = struct.Struct("=Qdd")
 
 
 class TableFull(Exception):
@@ -53,6 +65,7 @@ class SlotTable:
         """Map the table behind descriptor ``fd`` (inherited, or this process's own)."""
         self.index = index
         self.shared_fd = -1  # the creator's descriptor, passed on to the workers it starts
+        self.rate_wait = 0.0  # of the last take() refused by the rate: seconds until its token
         self._fd = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)  # a description of our own
         try:
             size = os.fstat(self._fd).st_size
@@ -64,6 +77,7 @@ class SlotTable:
         if magic != MAGIC:
             raise ValueError(f"descriptor {fd} is not a dprl slot table")
         self._mask = self.capacity - 1
+        self._rates_at = _HEADER_SIZE + self.capacity * self.entry_size
         self._heads_at = _align8(_COUNTS_AT + 4 * (1 + self.workers))
         self._heads = struct.Struct(f"={self.workers}q")  # every worker's oldest waiter on a line
 
@@ -76,7 +90,7 @@ class SlotTable:
         fd = os.memfd_create("dprl-slots", os.MFD_CLOEXEC)
         try:
             # reserved now: memory that could not be had later would kill a worker with SIGBUS
-            os.posix_fallocate(fd, 0, _HEADER_SIZE + capacity * entry_size)
+            os.posix_fallocate(fd, 0, _HEADER_SIZE + capacity * entry_size + RATE_BUCKETS * _RATE.size)
             os.pwrite(fd, _HEADER.pack(MAGIC, capacity, workers, entry_size), 0)
             table = cls(fd)
         except BaseException:
@@ -100,9 +114,12 @@ class SlotTable:
             _flock(self._fd, _LOCK_UN)
 
     # admission -------------------------------------------------------------------------
-    def take(self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0) -> Admission:
-        """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps
-        and the other workers' older waiters leave room: Admission.ADMITTED, or why not.
+    def take(
+        self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0, rate: Rate | None = None
+    ) -> Admission:
+        """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps,
+        the other workers' older waiters and ``rate`` leave room: Admission.ADMITTED, or why
+        not (for Admission.RATE, ``rate_wait`` says how long until the token).
 
         ``since``: when the connection asking arrived (monotonic ns); the waiters of other
         workers on the line who arrived before it go first."""
@@ -119,14 +136,66 @@ class SlotTable:
                 if group_free <= 0:
                     return Admission.GROUP_FULL
                 free = min(free, group_free)
+            bucket = None
+            if rate is not None:  # after the caps: a refusal by a cap takes no token
+                now = time.monotonic()
+                at, tat, interval = self._rate_bucket(key, now)
+                tat = rescaled(tat, interval or rate.interval, rate.interval, now)
+                verdict = gcra(rate, tat, now)
+                if verdict.wait:
+                    self.rate_wait = verdict.wait
+                    return Admission.RATE
+                bucket = (at, verdict.tat, rate.interval)
+                # the tokens there are now bound the room too: older waiters of other workers first
+                free = min(free, int((now + rate.tolerance - max(tat, now)) / rate.interval + 1e-9) + 1)
             if line >= 0 and self._others_before(line, since) >= free:
                 return Admission.OTHERS_FIRST
+            if bucket is not None:
+                _RATE.pack_into(self._map, bucket[0], _key_hash(key), bucket[1], bucket[2])
             self._add(host if host >= 0 else self._insert(key), 1)
             if group:
                 self._add(line if line >= 0 else self._insert(group), 1)
             return Admission.ADMITTED
         finally:
             _flock(self._fd, _LOCK_UN)
+
+    # rates -------------------------------------------------------------------------------
+    def pace(self, key: str, rate: Rate) -> float:
+        """A token of ``key``'s rate for a request on a connection it holds: 0.0, or the
+        seconds until one comes (nothing taken)."""
+        with self._locked():
+            return self._take_token(key, rate)
+
+    def eta(self, key: str, rate: Rate, ahead: int) -> float:
+        """Seconds until the token after ``ahead`` others' (0: now); reads only."""
+        with self._locked():
+            now = time.monotonic()
+            _, tat, interval = self._rate_bucket(key, now)
+        tat = rescaled(tat, interval or rate.interval, rate.interval, now)
+        return max(0.0, max(tat, now) + ahead * rate.interval - rate.tolerance - now)
+
+    def _take_token(self, key: str, rate: Rate) -> float:
+        now = time.monotonic()
+        at, tat, interval = self._rate_bucket(key, now)
+        verdict = gcra(rate, rescaled(tat, interval or rate.interval, rate.interval, now), now)
+        if not verdict.wait:
+            _RATE.pack_into(self._map, at, _key_hash(key), verdict.tat, rate.interval)
+        return verdict.wait
+
+    def _rate_bucket(self, key: str, now: float) -> tuple[int, float, float]:
+        """(offset, TAT, interval) of ``key``'s bucket; a free one (TAT 0) if it has none."""
+        wanted = _key_hash(key)
+        free = -1
+        for probe in range(RATE_PROBES):
+            at = self._rates_at + ((wanted + probe) & (RATE_BUCKETS - 1)) * _RATE.size
+            found, tat, interval = _RATE.unpack_from(self._map, at)
+            if found == wanted:
+                return at, tat, interval
+            if free < 0 and (not found or tat <= now):
+                free = at
+        if free < 0:
+            raise TableFull(f"more than {RATE_PROBES} hosts owing tokens share buckets (of {RATE_BUCKETS})")
+        return free, 0.0, 0.0
 
     def give_back(self, key: str, group: str = "") -> list[int]:
         """Return one slot of ``key`` (and ``group``); the workers with waiters on its line."""
@@ -307,6 +376,11 @@ class SlotTable:
 
 def _hash(data: bytes) -> int:
     return zlib.crc32(data) or 1
+
+
+def _key_hash(key: str) -> int:
+    """A host's 64-bit name in the rate region (never 0: that is an empty bucket)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
 
 
 _flock, _LOCK_EX, _LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN

@@ -220,7 +220,6 @@ def test_sighup_applies_a_changed_rate(tmp_path, arrivals):
         ("--host-rate", "a.example=0/s"),
         ("--host-rates", "a.example"),
         ("--max-rate", "5/s:burst=0"),
-        ("--host-rate", "a.example=5/s", "--workers", "2"),  # not shared across local workers yet
     ],
 )
 def test_bad_rates_are_one_line_and_exit_2(args):
@@ -452,3 +451,50 @@ def test_the_admin_api_sets_and_removes_a_rate(make_proxy, arrivals):
     assert statuses == [200, 500]
     assert requests.delete(f"{admin}?rate", timeout=10).json()["rate"] is None
     assert requests.put(admin, data="0/s", timeout=10).status_code == 400
+
+
+def test_two_workers_share_one_exact_rate_per_machine(arrival_process):
+    """--workers 2 in local mode: the rate is the machine's (the slot table's arrival times)."""
+    rate = parse_rate("50/s:burst=5")
+    proc = ProxyProcess("--workers", "2", "--max-rate", str(rate), "--reject-status", "429")
+    try:
+        proc.wait_line("dprl supervisor listening")
+        seconds = 5.0
+        start, statuses = _saturate(proc.port, f"http://{arrival_process.authority}/x", 40, seconds)
+        arrivals = arrival_process.collect()
+        seen = [t for t in arrivals.arrivals if t >= start]
+        assert statuses.count(200) == len(seen) and statuses.count(429) > len(seen)
+        for width in (0.1, 0.5, 1.0, 5.0):
+            most = arrivals.most_in_any_window(width)
+            assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
+        assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
+    finally:
+        assert proc.stop() == 0
+
+
+def test_two_workers_serve_waiters_in_arrival_order_at_the_rate(arrivals):
+    rate = parse_rate("50/s")
+    proc = ProxyProcess("--workers", "2", "--max-rate", str(rate), "--queue-timeout", "10")
+    try:
+        proc.wait_line("dprl supervisor listening")
+        results: dict[int, int] = {}
+
+        def client(index: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=20)
+            results[index] = _get(conn, f"http://{arrivals.authority}/{index}", close=True)[0]
+            conn.close()
+
+        threads = []
+        for index in range(30):
+            threads.append(threading.Thread(target=client, args=(index,)))
+            threads[-1].start()
+            time.sleep(0.01)
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results.values()) == [200] * 30
+        order = [int(path[1:]) for path in arrivals.paths]
+        assert sum(1 for a, b in itertools.pairwise(order) if a > b) <= 1, order
+        gaps = [b - a for a, b in itertools.pairwise(arrivals.arrivals)]
+        assert min(gaps) >= 1 / rate.per_second - JITTER, gaps
+    finally:
+        assert proc.stop() == 0
