@@ -8,7 +8,7 @@ end, abort, timeout, killed greenlet) can call it from a ``finally`` without cou
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import IntEnum
 
 from ..stats import ProxyStats
@@ -97,8 +97,9 @@ class Limiter(ABC):
         (a kept-alive upstream connection): its slot is counted, its requests are too.
         Waits for the token within --queue-timeout, or raises RateExceeded."""
 
-    def next_tokens(self) -> dict[HostKey, float]:
-        """Seconds until the next token of each rated host whose burst is not full (0: now)."""
+    def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
+        """Seconds until the next token of rated hosts whose burst is not full, among ``keys``
+        (the hosts operators are shown) or all this limiter knows of."""
         return {}
 
     def waiting_counts(self) -> dict[HostKey, int]:

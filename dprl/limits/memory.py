@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterable
 
 import gevent
 
@@ -196,7 +197,7 @@ class MemoryLimiter(Limiter):
             self._hand_over(line)
             self._line_changed(line)
 
-    def next_tokens(self) -> dict[HostKey, float]:
+    def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
         return self.rate_book.pending(self.limits.rate_for, time.monotonic())
 
     def shared_count(self, name: str) -> int:

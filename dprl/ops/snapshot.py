@@ -15,7 +15,7 @@ from prometheus_client import Metric
 from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter
 from ..limits.rates import Rate
-from ..stats import HostCounters
+from ..stats import HostCounters, ProxyStats
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,16 @@ class Snapshot:
         return set(self.limits) | set(self.open) | set(self.waiting) | set(self.fleet or ()) | set(rated)
 
 
+def _shown_candidates(limiter: Limiter, stats: ProxyStats) -> set[HostKey]:
+    """The hosts whose next token operators may be shown: rated ones among those with a rate
+    of their own, open connections, waiters or recent activity."""
+    candidates = {k for k in limiter.limits.rates() if not k.startswith("*.")}
+    candidates |= {k for k in limiter.limits.stored_rates() if not k.startswith("*.")}
+    candidates |= set(limiter.process_counts()) | set(limiter.waiting_counts())
+    candidates |= set(stats.pinned_hosts) | set(stats.hosts)
+    return {k for k in candidates if limiter.limits.rate_for(k) is not None}
+
+
 def take(limiter: Limiter, clients: int) -> Snapshot:
     """Copy the counts; call it in the hub that serves the proxy."""
     stats = limiter.stats
@@ -74,7 +84,7 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
         open=limiter.process_counts(),
         waiting=limiter.waiting_counts(),
         fleet=limiter.seen_fleet_counts(),
-        next_tokens=limiter.next_tokens(),
+        next_tokens=limiter.next_tokens(_shown_candidates(limiter, stats)),
         counters=counters,
         other=stats.other.copy(),
         folded=stats.folded,

@@ -20,6 +20,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import gevent
@@ -97,6 +98,7 @@ class RedisLimiter(Limiter):
         self._wake_prefix = f"{prefix}:wake:"
         self._poll = min(1.0, lease_ttl / 3)  # the oldest waiter's safety poll (and waiting lease renewal)
         self._local_rates = RateBook()  # --on-redis-error local: this process paces alone
+        self._token_at: dict[HostKey, float] = {}  # each rated host's next token, as last seen (monotonic)
         self.topology: Topology = make_topology(deployment, prefix, timeout, f"dprl:{self.worker}", self._setup_shard)
         self.keyspace = KeySpace(prefix, limits, self.topology)
         # Act on a lapsing lease this long before Redis would drop it.
@@ -271,6 +273,8 @@ class RedisLimiter(Limiter):
         refresher.mark_up(shard)
         reply = AcquireReply.parse(raw)
         self.counts.fleet_seen[key] = reply.total
+        if rate is not None:  # for operators: the next token as last seen
+            self._token_at[key] = time.monotonic() + reply.next_token_us / 1e6
         self.counts.learn_epoch(key, reply.epoch)
         if reply.admitted == -1:
             refresher.data_lost(shard)
@@ -458,6 +462,12 @@ class RedisLimiter(Limiter):
 
     def process_counts(self) -> dict[HostKey, int]:
         return self.counts.process_counts()
+
+    def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
+        """As last seen in acquire's replies (the TAT lives in Redis); forgotten once passed."""
+        now = time.monotonic()
+        self._token_at = {key: at for key, at in self._token_at.items() if at > now}
+        return {key: at - now for key, at in self._token_at.items()}
 
     def seen_fleet_counts(self) -> dict[HostKey, int]:
         return self.counts.seen_fleet_counts()

@@ -154,10 +154,11 @@ class AcquireReply(NamedTuple):
     wake_self: int  # 1 if another waiter of this worker may go now
     by_shared: int  # 1 if refused by the shared cap rather than the host's own
     rate_wait_us: int  # µs until the caller's token when the rate (not a cap) refused it, else 0
+    next_token_us: int  # µs until the host's next token after this call (0: one is there, or no rate)
 
     @classmethod
     def parse(cls, reply: object) -> AcquireReply:
-        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these eight
+        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these nine
 
 
 class RefreshReply(NamedTuple):

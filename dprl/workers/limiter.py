@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from collections.abc import Iterable
 
 import gevent
 import gevent.socket
@@ -85,6 +86,16 @@ class MachineLimiter(MemoryLimiter):
 
     def _token_eta(self, key: HostKey, rate: Rate, ahead: int) -> float:
         return self.table.eta(key, rate, ahead)
+
+    def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
+        """Read from the machine's table for the hosts shown (the table keeps no names)."""
+        out = {}
+        for key in keys:
+            rate = self.limits.rate_for(key)
+            if rate is not None:
+                with contextlib.suppress(TableFull):
+                    out[key] = self.table.eta(key, rate, 0)
+        return out
 
     def _uncount(self, key: HostKey, group: str) -> None:
         shared = SHARED + group if group else ""

@@ -498,3 +498,23 @@ def test_two_workers_serve_waiters_in_arrival_order_at_the_rate(arrivals):
         assert min(gaps) >= 1 / rate.per_second - JITTER, gaps
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("mode", ["workers", "redis"])
+def test_hosts_shows_the_next_token_under_workers_and_through_redis(mode, redis_server, redis_prefix, arrivals):
+    admin = free_port()
+    args = ["--host-rate", f"{arrivals.authority}=1/m", "--admin-port", str(admin)]
+    if mode == "workers":
+        args += ["--workers", "2"]
+    else:
+        args += ["--redis-url", redis_server.url, "--redis-prefix", redis_prefix]
+    proc = ProxyProcess(*args)
+    try:
+        if mode == "workers":
+            proc.wait_line("dprl supervisor listening")
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+        assert _get(conn, f"http://{arrivals.authority}/x", close=True)[0] == 200
+        row = requests.get(f"http://127.0.0.1:{admin}/hosts/{arrivals.authority}", timeout=10).json()
+        assert row["rate"] == "1/m" and 55 < row["next_token_in"] <= 60, row
+    finally:
+        assert proc.stop() == 0

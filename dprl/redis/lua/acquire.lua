@@ -24,7 +24,8 @@
 -- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
 --          live waiters ahead of the ticket, 1 if another waiter of this worker may go now,
 --          1 if refused by the shared cap rather than the host's own,
---          µs until this caller's token when the rate (not a cap) refused it, else 0}
+--          µs until this caller's token when the rate (not a cap) refused it, else 0,
+--          µs until the host's next token after this call (0: one is there, or no rate)}
 --   admitted: 1, 0 (at the limit or the rate), or -1: the marker is missing or is not the
 --   epoch this worker knows, so this store lost data (restart, FLUSHALL, failover) and
 --   counts held elsewhere may be missing: nothing is admitted until holders re-asserted them.
@@ -36,10 +37,10 @@ if not epoch then
   epoch = ARGV[6]
   redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4])
   if ARGV[5] ~= '' then
-    return {-1, 0, -1, epoch, 0, 0, 0, 0}
+    return {-1, 0, -1, epoch, 0, 0, 0, 0, 0}
   end
 elseif ARGV[5] ~= '' and epoch ~= ARGV[5] then
-  return {-1, 0, -1, epoch, 0, 0, 0, 0}
+  return {-1, 0, -1, epoch, 0, 0, 0, 0, 0}
 end
 local now, now_us = redis_clock()
 -- Read everything first, write after: a key emptied by a write must not be touched again
@@ -166,8 +167,10 @@ if room == nil or ahead < room then
     add_one(KEYS[7], KEYS[8], shared_own)
   end
 end
+local next_token = 0
 if rated and admitted == 1 then
   local next_tat = math.max(tat, now_us) + interval
+  next_token = math.max(0, next_tat - tolerance - now_us)
   redis.call('HSET', KEYS[4], 'tat', next_tat, 'interval', interval)
   redis.call('PEXPIRE', KEYS[4], math.ceil((next_tat - now_us) / 1000) + 1000)  -- gone once it says nothing
 end
@@ -213,4 +216,7 @@ if rated and admitted == 0 and (cap_room == nil or ahead < cap_room) then
   -- the caps had room for this caller: the rate refused it; its token comes after those ahead
   rate_wait = math.max(1, math.max(tat, now_us) + ahead * interval - tolerance - now_us)
 end
-return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared, rate_wait}
+if rated and admitted == 0 then
+  next_token = math.max(0, math.max(tat, now_us) - tolerance - now_us)
+end
+return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared, rate_wait, next_token}
