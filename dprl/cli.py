@@ -56,6 +56,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
                 items["host-limits"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
             elif section == "host-rates":
                 items["host-rates"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
+            elif section == "shared-rates":
+                items["shared-rates"] = ",".join(f"{name}={value}" for name, value in ini.items(section))
             elif section == "shared-limits":
                 items["shared-limits"] = ";".join(f"{name}={value}" for name, value in ini.items(section))
             elif section == "dprl":
@@ -66,7 +68,7 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
             else:
                 raise configargparse.ConfigFileParserException(
                     f"config file: unknown section [{section}] "
-                    "(expected [dprl], [host-limits], [host-rates], [shared-limits])"
+                    "(expected [dprl], [host-limits], [host-rates], [shared-limits], [shared-rates])"
                 )
         return items
 

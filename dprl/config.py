@@ -36,6 +36,7 @@ from .config_values import (
     parse_networks,
     parse_ports,
     parse_shared_limits,
+    parse_shared_rates,
     read_credentials,
 )
 from .errors import ConfigError
@@ -155,6 +156,20 @@ class Config:
             "--host-rate",
             "HOST=RATE",
             "rate for one host (repeatable); overrides the same host in --host-rates",
+        ),
+    )
+    shared_rates: dict[str, Rate] = option(
+        {},
+        "request rates shared by the hosts of a shared cap, as NAME=RATE,... (NAME of --shared-limits; "
+        "INI: a [shared-rates] section)",
+        env="DPRL_SHARED_RATES",
+        parse=parse_shared_rates,
+        docs_default="",
+        metavar="NAME=RATE,...",
+        repeat_flag=(
+            "--shared-rate",
+            "NAME=RATE",
+            "one shared rate (repeatable): the hosts of shared cap NAME together get RATE",
         ),
     )
     # timeouts -------------------------------------------------------------------------------
@@ -365,6 +380,11 @@ class Config:
                     raise ConfigError(_message(flag(spec)[2:], exc)) from None
         if self.redis_url and self.redis_addr:
             raise ConfigError("give either redis-url or redis-addr, not both")
+        for name in self.shared_rates:
+            if name not in self.shared_limits:
+                raise ConfigError(
+                    f"shared rate {name!r}: no shared cap of that name (--shared-limit {name}=N:HOSTS names its hosts)"
+                )
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),
@@ -395,6 +415,7 @@ class Config:
                 limit,
                 frozenset(k for k in keys if not k.startswith("*.")),
                 frozenset(k for k in keys if k.startswith("*.")),
+                self.shared_rates.get(name),
             )
             for name, (limit, keys) in self.shared_limits.items()
         ]
@@ -425,7 +446,7 @@ def options() -> list[Any]:
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("listener", ("port", "bind", "workers", "max_clients")),
     ("limits", ("max_connections", "host_limits", "shared_limits", "reject_status", "retry_after")),
-    ("rates", ("max_rate", "host_rates")),
+    ("rates", ("max_rate", "host_rates", "shared_rates")),
     ("queueing", ("queue_timeout", "max_queue")),
     (
         "timeouts",

@@ -52,6 +52,12 @@ def parse_host_rates(text: str) -> dict[str, Rate]:
     return rates
 
 
+def parse_shared_rates(text: str) -> dict[str, Rate]:
+    """Comma-separated ``NAME=RATE`` pairs: a rate for the hosts of the shared cap NAME."""
+    rates = parse_host_rates(text)  # the same form, with a cap's name where a host stands
+    return {name: rate for name, rate in rates.items()}
+
+
 def parse_default_rate(text: str) -> Rate | None:
     try:
         return parse_rate(text)

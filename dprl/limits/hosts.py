@@ -64,6 +64,7 @@ class SharedCap:
     limit: int
     hosts: frozenset[HostKey]  # exact host keys
     patterns: frozenset[str]  # ``*.domain`` patterns
+    rate: Rate | None = None  # one request rate for all of them together (--shared-rate)
 
     def covers(self, key: HostKey) -> bool:
         return key in self.hosts or any(p in self.patterns for p in pattern_candidates(key))
@@ -147,6 +148,18 @@ class HostLimits:
             if rate is not None:
                 return rate
         return self.default_rate if self.stored_default_rate is None else self.stored_default_rate
+
+    def rates_for(self, key: HostKey) -> list[tuple[str, Rate]]:
+        """Every rate an admission to ``key`` takes a token of, by name: its own, and its
+        shared cap's (``shared:NAME``)."""
+        rates = []
+        rate = self.rate_for(key)
+        if rate is not None:
+            rates.append((key, rate))
+        cap = self.shared_cap_for(key)
+        if cap is not None and cap.rate is not None:
+            rates.append((SHARED + cap.name, cap.rate))
+        return rates
 
     def set_rate(self, host: str, rate: Rate | None) -> None:
         """Set one host's (or pattern's) rate; None removes it (the default applies)."""

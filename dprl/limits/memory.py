@@ -19,7 +19,7 @@ from ..errors import LimitExceeded, RateExceeded
 from ..stats import ProxyStats
 from .hosts import SHARED, HostKey, HostLimits, SharedCap
 from .limiter import Admission, Limiter, Slot, count_down
-from .rates import Rate, RateBook
+from .rates import Rate, RateBook, rates_text
 from .waiting import Watch
 
 
@@ -43,7 +43,7 @@ class MemoryLimiter(Limiter):
                 return self._slot(key, cap.name if cap is not None else "")
         if not self.waiting.policy.timeout:
             if verdict == Admission.RATE:  # the verdict of this step: the caps had room
-                raise RateExceeded(key, str(self.limits.rate_for(key)), self._rate_wait)
+                raise RateExceeded(key, rates_text(self.limits.rates_for(key)), self._rate_wait)
             raise self._refusal(key, limit, cap)
         self._refuse_a_useless_wait(key, line, limit)
         return self._wait(key, line, limit, watch)
@@ -56,9 +56,9 @@ class MemoryLimiter(Limiter):
             return Admission.HOST_FULL
         if cap is not None and self._shared.get(cap.name, 0) >= cap.limit:
             return Admission.GROUP_FULL
-        rate = self.limits.rate_for(key)
-        if rate is not None:  # checked after the caps: a refusal by a cap takes no token
-            wait = self._take_token(key, rate)
+        rates = self.limits.rates_for(key)
+        if rates:  # checked after the caps: a refusal by a cap takes no token
+            wait = self._take_tokens(rates)
             if wait:
                 self._rate_wait = wait
                 return Admission.RATE
@@ -83,27 +83,22 @@ class MemoryLimiter(Limiter):
         return LimitExceeded(key, limit)
 
     # the rate: what MachineLimiter keeps in shared memory instead ---------------------
-    def _take_token(self, key: HostKey, rate: Rate) -> float:
-        """Take a token of ``key`` now: 0.0, or the seconds until one comes (nothing taken)."""
-        now = time.monotonic()
-        verdict = self.rate_book.check(key, rate, now)
-        if verdict.wait:
-            return verdict.wait
-        self.rate_book.commit(key, rate, verdict, now)
-        return 0.0
+    def _take_tokens(self, rates: list[tuple[str, Rate]]) -> float:
+        """A token of each rate now: 0.0, or the seconds until all have one (nothing taken)."""
+        return self.rate_book.take(rates, time.monotonic())
 
     def _token_eta(self, key: HostKey, rate: Rate, ahead: int) -> float:
         """Seconds until the token after ``ahead`` others' (0: now)."""
         return self.rate_book.eta(key, rate, time.monotonic(), ahead)
 
     def pace(self, key: HostKey, watch: Watch | None = None) -> None:
-        rate = self.limits.rate_for(key)
-        if rate is None:
+        rates = self.limits.rates_for(key)
+        if not rates:
             return
         deadline = time.monotonic() + self.waiting.policy.timeout
-        while wait := self._take_token(key, rate):
+        while wait := self._take_tokens(rates):
             if time.monotonic() + wait > deadline:
-                raise RateExceeded(key, str(rate), wait)
+                raise RateExceeded(key, rates_text(rates), wait)
             gevent.sleep(wait)  # a timer for the token's moment
 
     def _refuse_a_useless_wait(self, key: HostKey, line: str, limit: int) -> None:

@@ -125,6 +125,16 @@ class RateBook:
             self._since_sweep = 0
             self._tat = {k: entry for k, entry in self._tat.items() if entry[0] > now}
 
+    def take(self, rates: list[tuple[str, Rate]], now: float) -> float:
+        """A token of each (name, rate) at ``now``: 0.0, or the seconds until all have one
+        (nothing is taken then)."""
+        verdicts = [(key, rate, self.check(key, rate, now)) for key, rate in rates]
+        wait = max((verdict.wait for _, _, verdict in verdicts), default=0.0)
+        if not wait:
+            for key, rate, verdict in verdicts:
+                self.commit(key, rate, verdict, now)
+        return wait
+
     def next_token(self, key: str, rate: Rate, now: float) -> float:
         """Seconds until ``key`` may be admitted (0: now)."""
         return self.check(key, rate, now).wait
@@ -147,3 +157,8 @@ class RateBook:
 
     def forget(self) -> None:
         self._tat.clear()
+
+
+def rates_text(rates: list[tuple[str, Rate]]) -> str:
+    """The rates of a refusal: ``10/s``, or ``10/s; shared:cdn 100/s``."""
+    return "; ".join(f"{name} {rate}" if name.startswith("shared:") else str(rate) for name, rate in rates)

@@ -53,8 +53,9 @@ class KeySpace:
         """Acquire also sees the host's rate (KEYS[4]); acquire and release see the queue,
         and a shared cap's own count (after the queue). ``bare``: without the queue's keys
         (a Cluster slot being migrated, see routing.py), when there is no shared cap."""
-        if script is PACE:
-            return (self.rate_key(key),)
+        if script is PACE:  # the host's rate, and its shared cap's (pace.lua skips one it has not)
+            tag = self.tag(key)
+            return (self.rate_key(key),) if tag == key else (self.rate_key(key), self.rate_key(tag))
         keys: tuple[str, ...] = self.keys(key)
         if script not in _QUEUED:
             return keys
@@ -63,7 +64,8 @@ class KeySpace:
         tag = self.tag(key)
         if tag == key:
             return keys if bare else keys + self.queue_keys(key)
-        return keys + self.queue_keys(key) + self.keys(tag)[:2]
+        shared = self.keys(tag)[:2] + ((self.rate_key(tag),) if script is ACQUIRE else ())
+        return keys + self.queue_keys(key) + shared
 
     def marker(self, key: HostKey) -> str:
         return self.topology.marker(self.tag(key))

@@ -28,7 +28,7 @@ import gevent
 from ..errors import LimiterUnavailable, LimitExceeded, RateExceeded, RedisUnavailable
 from ..limits.hosts import SHARED, HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot
-from ..limits.rates import Rate, RateBook
+from ..limits.rates import Rate, RateBook, rates_text
 from ..limits.waiting import Waiter, Watch
 from ..stats import ProxyStats
 from .address import RedisDeployment
@@ -161,7 +161,7 @@ class RedisLimiter(Limiter):
             detail = (
                 f"its token comes in {attempt.rate_wait:.2f}s, after --queue-timeout {timeout:g}s" if timeout else ""
             )
-            raise RateExceeded(key, str(self.limits.rate_for(key)), attempt.rate_wait, detail)
+            raise RateExceeded(key, self._rates_text(key), attempt.rate_wait, detail)
         if not timeout:
             cap = self.limits.shared_cap_for(key) if attempt.shared_cap else None
             if cap is not None:
@@ -195,7 +195,7 @@ class RedisLimiter(Limiter):
                     poll = self._poll if waiting.is_oldest(waiter) else None
                     if attempt.rate_wait:  # a timer for its token's moment (after those ahead of it)
                         if time.monotonic() + attempt.rate_wait > deadline:
-                            rate = str(self.limits.rate_for(key))
+                            rate = self._rates_text(key)
                             raise RateExceeded(key, rate, attempt.rate_wait, "its token comes after --queue-timeout")
                         poll = min(poll or attempt.rate_wait, attempt.rate_wait)
                     waiting.wait(waiter, limit, deadline, gone, poll)
@@ -260,7 +260,11 @@ class RedisLimiter(Limiter):
         rate = self.limits.rate_for(key)
         interval, tolerance = _rate_args(rate)
         shared_limit = cap.limit if cap else ""
-        args = (self.worker, limit, lease, ttl, known, new, ticket, wake, line, last, shared_limit, interval, tolerance)
+        shared_interval, shared_tolerance = _rate_args(cap.rate if cap else None)
+        args = (
+            *(self.worker, limit, lease, ttl, known, new, ticket, wake, line, last, shared_limit),
+            *(interval, tolerance, shared_interval, shared_tolerance),
+        )
         try:
             shard, raw = self.router.run(shard, key, ACQUIRE, args, count, on_reply)
         except FAILURES as exc:  # the shard that failed is marked down (see Router.run)
@@ -273,7 +277,7 @@ class RedisLimiter(Limiter):
         refresher.mark_up(shard)
         reply = AcquireReply.parse(raw)
         self.counts.fleet_seen[key] = reply.total
-        if rate is not None:  # for operators: the next token as last seen
+        if rate is not None or shared_interval:  # for operators: the next token as last seen
             self._token_at[key] = time.monotonic() + reply.next_token_us / 1e6
         self.counts.learn_epoch(key, reply.epoch)
         if reply.admitted == -1:
@@ -321,23 +325,25 @@ class RedisLimiter(Limiter):
         self.counts.count(key)
         return Slot(key, self.counts.uncount)
 
+    def _rates_text(self, key: HostKey) -> str:
+        return rates_text(self.limits.rates_for(key))
+
     def _pace_locally(self, key: HostKey) -> None:
-        """--on-redis-error local: this process paces the host at the configured rate alone."""
-        rate = self.limits.rate_for(key)
-        if rate is not None:
-            now = time.monotonic()
-            verdict = self._local_rates.check(key, rate, now)
-            if verdict.wait:
-                raise RateExceeded(key, str(rate), verdict.wait)
-            self._local_rates.commit(key, rate, verdict, now)
+        """--on-redis-error local: this process paces the host at the configured rates alone."""
+        rates = self.limits.rates_for(key)
+        wait = self._local_rates.take(rates, time.monotonic()) if rates else 0.0
+        if wait:
+            raise RateExceeded(key, rates_text(rates), wait)
 
     def pace(self, key: HostKey, watch: Watch | None = None) -> None:
-        """A token for a request on a kept-alive connection: ``pace.lua``, fleet-wide."""
+        """A token for a request on a kept-alive connection: ``pace.lua``, fleet-wide (of the
+        host's rate and its shared cap's)."""
         rate = self.limits.rate_for(key)
-        if rate is None:
+        cap = self.limits.shared_cap_for(key)
+        if rate is None and (cap is None or cap.rate is None):
             return
         deadline = time.monotonic() + self.waiting.policy.timeout
-        interval, tolerance = _rate_args(rate)
+        args = _rate_args(rate) + (_rate_args(cap.rate) if cap is not None else ())
         while True:
             shard: Shard | None = None
             try:
@@ -345,7 +351,7 @@ class RedisLimiter(Limiter):
                 refusal = self._refusal(shard)
                 if refusal:
                     raise RedisUnavailable(refusal)
-                _, wait_us = self.router.run(shard, key, PACE, (interval, tolerance))
+                _, wait_us = self.router.run(shard, key, PACE, args)
                 self.refresher.mark_up(shard)
             except FAILURES as exc:
                 if self.on_error == "reject":
@@ -360,7 +366,7 @@ class RedisLimiter(Limiter):
                 return
             wait = int(wait_us) / 1e6
             if time.monotonic() + wait > deadline:
-                raise RateExceeded(key, str(rate), wait)
+                raise RateExceeded(key, self._rates_text(key), wait)
             gevent.sleep(wait)  # a timer for the token's moment
 
     def _wait_for_replicas(self, shard: Shard, slot: Slot) -> None:

@@ -69,18 +69,18 @@ class MachineLimiter(MemoryLimiter):
             raise LimiterUnavailable(str(exc)) from None
 
     def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> Admission:
-        rate = self.limits.rate_for(key)
+        rates = self.limits.rates_for(key)
         if cap is None:
-            verdict = self.table.take(key, limit, since=since, rate=rate)
+            verdict = self.table.take(key, limit, since=since, rates=rates)
         else:
-            verdict = self.table.take(key, limit, SHARED + cap.name, cap.limit, since, rate)
+            verdict = self.table.take(key, limit, SHARED + cap.name, cap.limit, since, rates)
         if verdict == Admission.RATE:
             self._rate_wait = self.table.rate_wait
         return verdict
 
-    def _take_token(self, key: HostKey, rate: Rate) -> float:
+    def _take_tokens(self, rates: list[tuple[str, Rate]]) -> float:
         try:
-            return self.table.pace(key, rate)
+            return self.table.pace(rates)
         except TableFull as exc:
             raise LimiterUnavailable(str(exc)) from None
 

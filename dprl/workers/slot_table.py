@@ -28,7 +28,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from ..limits.hosts import SHARED
 from ..limits.limiter import Admission
@@ -115,10 +115,16 @@ class SlotTable:
 
     # admission -------------------------------------------------------------------------
     def take(
-        self, key: str, limit: int, group: str = "", group_limit: int = 0, since: int = 0, rate: Rate | None = None
+        self,
+        key: str,
+        limit: int,
+        group: str = "",
+        group_limit: int = 0,
+        since: int = 0,
+        rates: Sequence[tuple[str, Rate]] = (),
     ) -> Admission:
         """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps,
-        the other workers' older waiters and ``rate`` leave room: Admission.ADMITTED, or why
+        the other workers' older waiters and ``rates`` (name, rate) leave room: Admission.ADMITTED, or why
         not (for Admission.RATE, ``rate_wait`` says how long until the token).
 
         ``since``: when the connection asking arrived (monotonic ns); the waiters of other
@@ -136,22 +142,23 @@ class SlotTable:
                 if group_free <= 0:
                     return Admission.GROUP_FULL
                 free = min(free, group_free)
-            bucket = None
-            if rate is not None:  # after the caps: a refusal by a cap takes no token
+            buckets = []
+            if rates:  # after the caps: a refusal by a cap takes no token
                 now = time.monotonic()
-                at, tat, interval = self._rate_bucket(key, now)
-                tat = rescaled(tat, interval or rate.interval, rate.interval, now)
-                verdict = gcra(rate, tat, now)
-                if verdict.wait:
-                    self.rate_wait = verdict.wait
+                for name, rate in rates:
+                    at, tat, interval = self._rate_bucket(name, now)
+                    tat = rescaled(tat, interval or rate.interval, rate.interval, now)
+                    verdict = gcra(rate, tat, now)
+                    buckets.append((at, name, verdict, rate.interval))
+                    # the tokens there now bound the room too: older waiters of other workers first
+                    free = min(free, int((now + rate.tolerance - max(tat, now)) / rate.interval + 1e-9) + 1)
+                self.rate_wait = max(verdict.wait for _, _, verdict, _ in buckets)
+                if self.rate_wait:
                     return Admission.RATE
-                bucket = (at, verdict.tat, rate.interval)
-                # the tokens there are now bound the room too: older waiters of other workers first
-                free = min(free, int((now + rate.tolerance - max(tat, now)) / rate.interval + 1e-9) + 1)
             if line >= 0 and self._others_before(line, since) >= free:
                 return Admission.OTHERS_FIRST
-            if bucket is not None:
-                _RATE.pack_into(self._map, bucket[0], _key_hash(key), bucket[1], bucket[2])
+            for at, name, verdict, interval in buckets:
+                _RATE.pack_into(self._map, at, _key_hash(name), verdict.tat, interval)
             self._add(host if host >= 0 else self._insert(key), 1)
             if group:
                 self._add(line if line >= 0 else self._insert(group), 1)
@@ -160,11 +167,21 @@ class SlotTable:
             _flock(self._fd, _LOCK_UN)
 
     # rates -------------------------------------------------------------------------------
-    def pace(self, key: str, rate: Rate) -> float:
-        """A token of ``key``'s rate for a request on a connection it holds: 0.0, or the
-        seconds until one comes (nothing taken)."""
+    def pace(self, rates: Sequence[tuple[str, Rate]]) -> float:
+        """A token of each of ``rates`` (name, rate) for a request on a connection it holds:
+        0.0, or the seconds until all have one (nothing taken)."""
         with self._locked():
-            return self._take_token(key, rate)
+            now = time.monotonic()
+            taken = []
+            for name, rate in rates:
+                at, tat, interval = self._rate_bucket(name, now)
+                verdict = gcra(rate, rescaled(tat, interval or rate.interval, rate.interval, now), now)
+                taken.append((at, name, verdict, rate.interval))
+            wait = max(verdict.wait for _, _, verdict, _ in taken)
+            if not wait:
+                for at, name, verdict, interval in taken:
+                    _RATE.pack_into(self._map, at, _key_hash(name), verdict.tat, interval)
+            return wait
 
     def eta(self, key: str, rate: Rate, ahead: int) -> float:
         """Seconds until the token after ``ahead`` others' (0: now); reads only."""
@@ -173,14 +190,6 @@ class SlotTable:
             _, tat, interval = self._rate_bucket(key, now)
         tat = rescaled(tat, interval or rate.interval, rate.interval, now)
         return max(0.0, max(tat, now) + ahead * rate.interval - rate.tolerance - now)
-
-    def _take_token(self, key: str, rate: Rate) -> float:
-        now = time.monotonic()
-        at, tat, interval = self._rate_bucket(key, now)
-        verdict = gcra(rate, rescaled(tat, interval or rate.interval, rate.interval, now), now)
-        if not verdict.wait:
-            _RATE.pack_into(self._map, at, _key_hash(key), verdict.tat, rate.interval)
-        return verdict.wait
 
     def _rate_bucket(self, key: str, now: float) -> tuple[int, float, float]:
         """(offset, TAT, interval) of ``key``'s bucket; a free one (TAT 0) if it has none."""

@@ -518,3 +518,34 @@ def test_hosts_shows_the_next_token_under_workers_and_through_redis(mode, redis_
         assert row["rate"] == "1/m" and 55 < row["next_token_in"] <= 60, row
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("mode", ["local", "workers", "redis"])
+def test_a_shared_rate_holds_for_the_hosts_of_a_shared_cap_together(mode, redis_server, redis_prefix, arrivals):
+    """``--shared-rate cdn=1/m`` on a shared cap of two names of one upstream: one token for both."""
+    names = [arrivals.authority, f"localhost:{arrivals.port}"]
+    args = ["--shared-limit", f"cdn=100:{','.join(names)}", "--shared-rate", "cdn=1/m", "--reject-status", "429"]
+    if mode == "workers":
+        args += ["--workers", "2"]
+    elif mode == "redis":
+        args += ["--redis-url", redis_server.url, "--redis-prefix", redis_prefix]
+    proc = ProxyProcess(*args)
+    try:
+        if mode == "workers":
+            proc.wait_line("dprl supervisor listening")
+        answers = []
+        for name in names:
+            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=10)
+            answers.append(_get(conn, f"http://{name}/x", close=True))
+        assert [status for status, _ in answers] == [200, 429]
+        assert int(answers[1][1]["retry-after"]) >= 59
+        assert len(arrivals.arrivals) == 1
+    finally:
+        assert proc.stop() == 0
+
+
+def test_a_shared_rate_names_a_shared_cap():
+    run = subprocess.run(
+        [sys.executable, "-m", "dprl", "--shared-rate", "nosuch=5/s"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 2 and "no shared cap of that name" in run.stderr and run.stderr.count("\n") == 1

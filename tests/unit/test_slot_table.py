@@ -107,15 +107,15 @@ def test_a_rate_in_the_table_is_one_for_every_worker_and_outlives_connections():
     table = SlotTable.create(workers=2)
     a, b = SlotTable(table.shared_fd, 0), SlotTable(table.shared_fd, 1)
     rate = Rate(1, 60.0, 2)  # 1/m, burst 2
-    assert a.take("api", 0, rate=rate) == ADMITTED
+    assert a.take("api", 0, rates=[("api", rate)]) == ADMITTED
     a.give_back("api")  # the connection closes: its entry goes, the arrival time stays
-    assert b.take("api", 0, rate=rate) == ADMITTED  # the burst's second token, on the other worker
+    assert b.take("api", 0, rates=[("api", rate)]) == ADMITTED  # the burst's second token, on the other worker
     b.give_back("api")
-    assert a.take("api", 0, rate=rate) == Admission.RATE
+    assert a.take("api", 0, rates=[("api", rate)]) == Admission.RATE
     assert 59 < a.rate_wait <= 60
-    assert b.pace("api", rate) > 59  # a request on a kept-alive connection: no token either
+    assert b.pace([("api", rate)]) > 59  # a request on a kept-alive connection: no token either
     assert a.eta("api", rate, ahead=1) == pytest.approx(a.rate_wait + 60, abs=0.5)
-    assert a.take("other", 0, rate=rate) == ADMITTED  # another host has its own
+    assert a.take("other", 0, rates=[("other", rate)]) == ADMITTED  # another host has its own
     for t in (a, b, table):
         t.close()
 
@@ -126,12 +126,12 @@ def test_a_refusal_at_the_cap_takes_no_token_in_the_table():
     table = SlotTable.create(workers=1)
     a = SlotTable(table.shared_fd, 0)
     rate = Rate(1, 60.0, 2)  # two tokens
-    assert a.take("api", 1, rate=rate) == ADMITTED
+    assert a.take("api", 1, rates=[("api", rate)]) == ADMITTED
     for _ in range(3):
-        assert a.take("api", 1, rate=rate) == HOST_FULL  # the cap refuses first: no token taken
+        assert a.take("api", 1, rates=[("api", rate)]) == HOST_FULL  # the cap refuses first: no token taken
     a.give_back("api")
-    assert a.take("api", 1, rate=rate) == ADMITTED  # the second token was still there
+    assert a.take("api", 1, rates=[("api", rate)]) == ADMITTED  # the second token was still there
     a.give_back("api")
-    assert a.take("api", 1, rate=rate) == Admission.RATE
+    assert a.take("api", 1, rates=[("api", rate)]) == Admission.RATE
     a.close()
     table.close()

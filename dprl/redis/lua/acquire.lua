@@ -21,6 +21,8 @@
 --          same hash tag as KEYS[1..6]), ARGV[11]  the shared cap's limit ("" = no shared cap)
 -- ARGV[12] the host's emission interval T = 1/rate, µs ("" = no rate), ARGV[13] its
 --          tolerance tau = (burst - 1) * T, µs: GCRA as in dprl/limits/rates.py, on Redis's clock
+-- KEYS[9]  the shared cap's rate hash (with KEYS[7], [8]), ARGV[14], ARGV[15]  its T and tau
+--          ("" = the shared cap has no rate): one rate for all of its hosts
 -- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
 --          live waiters ahead of the ticket, 1 if another waiter of this worker may go now,
 --          1 if refused by the shared cap rather than the host's own,
@@ -108,28 +110,37 @@ if shared then
     room = free
   end
 end
--- The rate: how many admissions its tokens allow now (GCRA; a stored TAT kept under another
--- interval carries the tokens it owes over). room becomes the smaller of the two.
+-- The rates (the host's, its shared cap's): how many admissions their tokens allow now
+-- (GCRA; a stored TAT kept under another interval carries the tokens it owes over).
+-- room becomes the smallest of the caps' and the rates'.
 local cap_room = room
-local rated = ARGV[12] ~= nil and ARGV[12] ~= ''
-local interval, tolerance, tat = 0, 0, 0
-if rated then
-  interval, tolerance = tonumber(ARGV[12]), tonumber(ARGV[13])
-  local stored = redis.call('HMGET', KEYS[4], 'tat', 'interval')
-  tat = tonumber(stored[1] or 0)
-  local old = tonumber(stored[2] or interval)
-  if tat > now_us and old ~= interval then
-    tat = now_us + (tat - now_us) / old * interval
+local rates = {}
+local function read_rate(key, t, tau)
+  if t == nil or t == '' then
+    return
   end
-  local early = math.max(tat, now_us) - tolerance - now_us  -- > 0: the next token is that far away
+  local rate = {key = key, interval = tonumber(t), tolerance = tonumber(tau)}
+  local stored = redis.call('HMGET', key, 'tat', 'interval')
+  rate.tat = tonumber(stored[1] or 0)
+  local old = tonumber(stored[2] or rate.interval)
+  if rate.tat > now_us and old ~= rate.interval then
+    rate.tat = now_us + (rate.tat - now_us) / old * rate.interval
+  end
+  local early = math.max(rate.tat, now_us) - rate.tolerance - now_us  -- > 0: the next token is that far
   local tokens = 0
   if early <= 0.001 then  -- 1 ns of float error in a sum of intervals is not a refusal
-    tokens = math.floor((0.001 - early) / interval) + 1
+    tokens = math.floor((0.001 - early) / rate.interval) + 1
   end
   if room == nil or tokens < room then
     room = tokens
   end
+  rates[#rates + 1] = rate
 end
+read_rate(KEYS[4], ARGV[12], ARGV[13])
+if shared then
+  read_rate(KEYS[9], ARGV[14], ARGV[15])
+end
+local rated = #rates > 0
 local admitted = 0
 local ahead, wake_self = 0, 0
 -- KEYS[5] and KEYS[6] may be left out (a Cluster slot being migrated, see limiter.py): no queue then
@@ -168,11 +179,16 @@ if room == nil or ahead < room then
   end
 end
 local next_token = 0
-if rated and admitted == 1 then
-  local next_tat = math.max(tat, now_us) + interval
-  next_token = math.max(0, next_tat - tolerance - now_us)
-  redis.call('HSET', KEYS[4], 'tat', next_tat, 'interval', interval)
-  redis.call('PEXPIRE', KEYS[4], math.ceil((next_tat - now_us) / 1000) + 1000)  -- gone once it says nothing
+for _, rate in ipairs(rates) do
+  local start = math.max(rate.tat, now_us)
+  if admitted == 1 then  -- a token of each rate; the hash is gone once its TAT says nothing
+    local next_tat = start + rate.interval
+    next_token = math.max(next_token, next_tat - rate.tolerance - now_us)
+    redis.call('HSET', rate.key, 'tat', next_tat, 'interval', rate.interval)
+    redis.call('PEXPIRE', rate.key, math.ceil((next_tat - now_us) / 1000) + 1000)
+  else
+    next_token = math.max(next_token, start - rate.tolerance - now_us)
+  end
 end
 drop_expired(KEYS[1], KEYS[2], expired, admitted)
 if shared then
@@ -213,10 +229,9 @@ if admitted == 0 and shared and shared_total >= tonumber(ARGV[11]) and not (limi
 end
 local rate_wait = 0
 if rated and admitted == 0 and (cap_room == nil or ahead < cap_room) then
-  -- the caps had room for this caller: the rate refused it; its token comes after those ahead
-  rate_wait = math.max(1, math.max(tat, now_us) + ahead * interval - tolerance - now_us)
-end
-if rated and admitted == 0 then
-  next_token = math.max(0, math.max(tat, now_us) - tolerance - now_us)
+  -- the caps had room for this caller: a rate refused it; its tokens come after those ahead
+  for _, rate in ipairs(rates) do
+    rate_wait = math.max(rate_wait, 1, math.max(rate.tat, now_us) + ahead * rate.interval - rate.tolerance - now_us)
+  end
 end
 return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared, rate_wait, next_token}
