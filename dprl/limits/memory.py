@@ -95,11 +95,14 @@ class MemoryLimiter(Limiter):
         rates = self.limits.rates_for(key)
         if not rates:
             return
-        deadline = time.monotonic() + self.waiting.policy.timeout
+        started = time.monotonic()
+        deadline = started + self.waiting.policy.timeout
         while wait := self._take_tokens(rates):
             if time.monotonic() + wait > deadline:
                 raise RateExceeded(key, rates_text(rates), wait)
             gevent.sleep(wait)  # a timer for the token's moment
+        if time.monotonic() > started + 0.001:
+            self.stats.queue_waited(time.monotonic() - started)  # a rate wait, as a waiter's
 
     def _refuse_a_useless_wait(self, key: HostKey, line: str, limit: int) -> None:
         """RateExceeded at once when this connection's token (after the waiters of its host

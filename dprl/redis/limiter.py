@@ -342,7 +342,8 @@ class RedisLimiter(Limiter):
         cap = self.limits.shared_cap_for(key)
         if rate is None and (cap is None or cap.rate is None):
             return
-        deadline = time.monotonic() + self.waiting.policy.timeout
+        started = time.monotonic()
+        deadline = started + self.waiting.policy.timeout
         args = _rate_args(rate) + (_rate_args(cap.rate) if cap is not None else ())
         while True:
             shard: Shard | None = None
@@ -363,6 +364,8 @@ class RedisLimiter(Limiter):
                 if shard is not None:
                     shard.probing = False  # this call was the probe _refusal may have let through
             if not wait_us:
+                if time.monotonic() > started + 0.001:
+                    self.stats.queue_waited(time.monotonic() - started)  # a rate wait, as a waiter's
                 return
             wait = int(wait_us) / 1e6
             if time.monotonic() + wait > deadline:
