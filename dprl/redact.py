@@ -1,9 +1,9 @@
 """Secrets kept out of everything dprl shows: logs, errors, pages, metrics, ``repr``.
 
 Every place that renders a URL that may carry credentials (Redis, Sentinel, Cluster,
-parent proxies) renders it through ``masked_url``; addresses that are already parsed show
-their credentials through ``userinfo``. A password is replaced by ``***``, never shortened
-or hashed: a reader learns that one was given, and nothing of it.
+parent proxies) renders it through ``masked_url``, the parsed addresses' ``__str__``
+included. A password is replaced by ``***``, never shortened or hashed: a reader learns
+that one was given, and nothing of it.
 """
 
 from __future__ import annotations
@@ -32,10 +32,3 @@ def masked_url(url: str) -> str:
     if query_sep:
         query = _SECRET_OPTION.sub(lambda m: m[1] + MASK, "?" + query)[1:]
     return f"{scheme}{sep}{location}{query_sep}{query}"
-
-
-def userinfo(username: str, password: str) -> str:
-    """The ``user:***@`` a parsed address shows for its credentials ("" without any)."""
-    if password:
-        return f"{username}:{MASK}@"
-    return f"{username}@" if username else ""

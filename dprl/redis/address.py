@@ -9,9 +9,9 @@ typo never silently weakens TLS.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from ..redact import masked_url, userinfo
+from ..redact import masked_url
 
 SCHEMES = ("redis", "rediss", "unix")
 _OPTIONS = {
@@ -91,11 +91,11 @@ class RedisAddress:
 
     def __str__(self) -> str:
         """The address for logs and pages: its password masked."""
-        auth = userinfo(self.username, self.password)
+        auth = _userinfo(self.username, self.password)
         if self.path:
-            return f"unix://{auth}{self.path}?db={self.db}"
+            return masked_url(f"unix://{auth}{self.path}?db={self.db}")
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}"
+        return masked_url(f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}")
 
 
 KINDS = ("single", "sentinel", "cluster")
@@ -160,5 +160,12 @@ class RedisDeployment:
             return str(self.template)
         hosts = ",".join(f"{s.host}:{s.port}" for s in self.servers)
         scheme = ("rediss+" if self.template.tls else "redis+") + self.kind
-        auth = userinfo(self.template.username, self.template.password)
-        return f"{scheme}://{auth}{hosts}" + (f"/{self.service}/{self.template.db}" if self.service else "")
+        auth = _userinfo(self.template.username, self.template.password)
+        return masked_url(f"{scheme}://{auth}{hosts}" + (f"/{self.service}/{self.template.db}" if self.service else ""))
+
+
+def _userinfo(username: str, password: str) -> str:
+    """``user:password@`` as in a URL (rendered only through masked_url)."""
+    if password:
+        return f"{quote(username, safe='')}:{quote(password, safe='')}@"
+    return f"{quote(username, safe='')}@" if username else ""
