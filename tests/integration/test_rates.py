@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import itertools
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import requests
 from dprl.limits.rates import parse_rate
 
 from ..support.arrivals import ArrivalProcess
-from ..support.network import free_port, wait_for
+from ..support.network import free_port, proxy_connect, wait_for
 from ..support.proxy_process import ProxyProcess
 from ..support.upstream import ArrivalUpstream
 
@@ -67,6 +66,26 @@ def _push(port: int, url: str, until: float, statuses: list[int]) -> None:
     conn.close()
 
 
+def _arrive_in_order(ports: list[int], base: str, count: int, spacing: float) -> dict[int, int]:
+    """``count`` clients, ``spacing`` seconds apart (the arrival order under test), each one
+    request with its index as the path, to ``ports`` in turn; their statuses by index."""
+    results: dict[int, int] = {}
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", ports[index % len(ports)], timeout=20)
+        results[index] = _get(conn, f"{base}/{index}", close=True)[0]
+        conn.close()
+
+    threads = []
+    for index in range(count):
+        threads.append(threading.Thread(target=client, args=(index,)))
+        threads[-1].start()
+        time.sleep(spacing)
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
 def _saturate(port: int, url: str, clients: int, seconds: float) -> tuple[float, list[int]]:
     statuses: list[int] = []
     start = time.monotonic()
@@ -100,20 +119,7 @@ def test_waiting_serves_everybody_in_arrival_order_at_the_rate(make_proxy, arriv
     in the order they came, one every 1/r (the median gap within 1 ms of it)."""
     rate = parse_rate("50/s")
     proxy = make_proxy(max_rate=rate, queue_timeout=10)
-    results: dict[int, int] = {}
-
-    def client(index: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=20)
-        results[index] = _get(conn, f"http://{arrival_process.authority}/{index}", close=True)[0]
-        conn.close()
-
-    threads = []
-    for index in range(30):
-        threads.append(threading.Thread(target=client, args=(index,)))
-        threads[-1].start()
-        time.sleep(0.005)  # the arrival order under test
-    for thread in threads:
-        thread.join(30)
+    results = _arrive_in_order([proxy.port], f"http://{arrival_process.authority}", 30, 0.005)
     assert sorted(results.values()) == [200] * 30
     arrivals = arrival_process.collect()
     assert arrivals.paths == [f"/{i}" for i in range(30)]
@@ -127,16 +133,16 @@ def test_cap_and_rate_together_and_a_refusal_by_one_takes_nothing_of_the_other(m
     rate = parse_rate("20/s:burst=3")
     proxy = make_proxy(max_connections_per_host=2, max_rate=rate)
     target = f"127.0.0.1:{holding.port}"
-    held = [_connect(proxy.port, target) for _ in range(2)]
+    held = [proxy_connect(proxy.port, target) for _ in range(2)]
     assert all(head.startswith(b"HTTP/1.1 200") for _, head in held)
     for _ in range(10):  # refused at the cap: no token taken
-        sock, head = _connect(proxy.port, target)
-        assert head.startswith(b"HTTP/1.1 500") and b"connection limit" in head
+        sock, head = proxy_connect(proxy.port, target)
+        assert head.startswith(b"HTTP/1.1 500") and b"connection limit" in sock.recv(4096)
         sock.close()
     held[0][0].close()
     holding.wait_active(1)
     wait_for(lambda: proxy.limiter.process_counts().get(target) == 1, what="the slot back")
-    sock, head = _connect(proxy.port, target)  # the burst's third token is still there
+    sock, head = proxy_connect(proxy.port, target)  # the burst's third token is still there
     assert head.startswith(b"HTTP/1.1 200"), head
     assert holding.max_active <= 2
     sock.close()
@@ -263,18 +269,6 @@ def test_the_distributed_library_rates_a_host_fleet_wide(redis_server, redis_pre
         assert statuses == [200, 500]
 
 
-def _connect(port: int, target: str) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return sock, head
-
-
 # fleet-wide, through Redis --------------------------------------------------------------
 def _fleet(redis_server, prefix: str, count: int, *args: str) -> list[ProxyProcess]:
     common = ("--redis-url", redis_server.url, "--redis-prefix", prefix, "--lease-ttl", "3")
@@ -321,20 +315,8 @@ def test_fleet_waiters_are_served_in_arrival_order_at_the_rate(redis_server, red
     rate = parse_rate("50/s")
     workers = _fleet(redis_server, redis_prefix, 3, "--max-rate", str(rate), "--queue-timeout", "10")
     try:
-        results: dict[int, int] = {}
-
-        def client(index: int) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", workers[index % 3].port, timeout=20)
-            results[index] = _get(conn, f"http://{arrival_process.authority}/{index}", close=True)[0]
-            conn.close()
-
-        threads = []
-        for index in range(30):
-            threads.append(threading.Thread(target=client, args=(index,)))
-            threads[-1].start()
-            time.sleep(0.02)  # more than a Redis round trip apart: the order is Redis's
-        for thread in threads:
-            thread.join(30)
+        ports = [w.port for w in workers]
+        results = _arrive_in_order(ports, f"http://{arrival_process.authority}", 30, 0.02)  # > a round trip apart
         assert sorted(results.values()) == [200] * 30
         arrivals = arrival_process.collect()
         order = [int(path[1:]) for path in arrivals.paths]
@@ -354,13 +336,13 @@ def test_fleet_cap_refusals_take_no_token(redis_server, redis_prefix, holding):
     client = redis_server.client()
     try:
         target = f"127.0.0.1:{holding.port}"
-        held = [_connect(worker.port, target) for _ in range(2)]
+        held = [proxy_connect(worker.port, target) for _ in range(2)]
         assert all(head.startswith(b"HTTP/1.1 200") for _, head in held)
         rate_key = f"{redis_prefix}:{{{target}}}:rate"
         tat = client.hget(rate_key, "tat")
         for _ in range(5):
-            sock, head = _connect(worker.port, target)
-            assert head.startswith(b"HTTP/1.1 500") and b"connection limit" in head
+            sock, head = proxy_connect(worker.port, target)
+            assert head.startswith(b"HTTP/1.1 500") and b"connection limit" in sock.recv(4096)
             sock.close()
         assert client.hget(rate_key, "tat") == tat  # the cap refused: no token taken
         for sock, _ in held:
@@ -480,20 +462,7 @@ def test_two_workers_serve_waiters_in_arrival_order_at_the_rate(arrival_process)
     proc = ProxyProcess("--workers", "2", "--max-rate", str(rate), "--queue-timeout", "10")
     try:
         proc.wait_line("dprl supervisor listening")
-        results: dict[int, int] = {}
-
-        def client(index: int) -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=20)
-            results[index] = _get(conn, f"http://{arrival_process.authority}/{index}", close=True)[0]
-            conn.close()
-
-        threads = []
-        for index in range(30):
-            threads.append(threading.Thread(target=client, args=(index,)))
-            threads[-1].start()
-            time.sleep(0.01)
-        for thread in threads:
-            thread.join(30)
+        results = _arrive_in_order([proc.port], f"http://{arrival_process.authority}", 30, 0.01)
         assert sorted(results.values()) == [200] * 30
         arrivals = arrival_process.collect()
         order = [int(path[1:]) for path in arrivals.paths]

@@ -65,9 +65,11 @@ def read_head(sock: socket.socket) -> bytes:
     return data
 
 
-def proxy_connect(proxy: ProxyRateLimiter, target: str) -> tuple[socket.socket, bytes]:
-    """Open a CONNECT tunnel by hand; returns the socket and the proxy's response head."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+def proxy_connect(proxy: ProxyRateLimiter | int, target: str) -> tuple[socket.socket, bytes]:
+    """Open a CONNECT tunnel by hand (``proxy``: a library proxy, or a port); returns the
+    socket and the proxy's response head."""
+    port = proxy if isinstance(proxy, int) else proxy.port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
     return sock, read_head(sock)
 

@@ -36,7 +36,7 @@ def test_links_between_pages_resolve(page: Path):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_nothing_cites_a_file_outside_the_repository(page: Path):
     text = page.read_text(encoding="utf-8")
-    assert "../shared" not in text and "DESIGN.md" not in text
+    assert not re.search(r"\.\./shared|\bDESIGN\.md\b", text)  # the notes the project grew from are not its docs
 
 
 def test_the_readme_is_a_front_page():
