@@ -135,10 +135,6 @@ class RateBook:
                 self.commit(key, rate, verdict, now)
         return wait
 
-    def next_token(self, key: str, rate: Rate, now: float) -> float:
-        """Seconds until ``key`` may be admitted (0: now)."""
-        return self.check(key, rate, now).wait
-
     def eta(self, key: str, rate: Rate, now: float, ahead: int) -> float:
         """Seconds until the admission after ``ahead`` others (each taking a token) conforms."""
         tat = self._current(key, rate, now)
@@ -154,9 +150,6 @@ class RateBook:
                 if self._current(key, rate, now) > now:
                     out[key] = verdict.wait
         return out
-
-    def forget(self) -> None:
-        self._tat.clear()
 
 
 def rates_text(rates: list[tuple[str, Rate]]) -> str:

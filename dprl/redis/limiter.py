@@ -161,7 +161,7 @@ class RedisLimiter(Limiter):
             detail = (
                 f"its token comes in {attempt.rate_wait:.2f}s, after --queue-timeout {timeout:g}s" if timeout else ""
             )
-            raise RateExceeded(key, self._rates_text(key), attempt.rate_wait, detail)
+            raise RateExceeded(key, rates_text(self.limits.rates_for(key)), attempt.rate_wait, detail)
         if not timeout:
             cap = self.limits.shared_cap_for(key) if attempt.shared_cap else None
             if cap is not None:
@@ -195,7 +195,7 @@ class RedisLimiter(Limiter):
                     poll = self._poll if waiting.is_oldest(waiter) else None
                     if attempt.rate_wait:  # a timer for its token's moment (after those ahead of it)
                         if time.monotonic() + attempt.rate_wait > deadline:
-                            rate = self._rates_text(key)
+                            rate = rates_text(self.limits.rates_for(key))
                             raise RateExceeded(key, rate, attempt.rate_wait, "its token comes after --queue-timeout")
                         poll = min(poll or attempt.rate_wait, attempt.rate_wait)
                     waiting.wait(waiter, limit, deadline, gone, poll)
@@ -325,9 +325,6 @@ class RedisLimiter(Limiter):
         self.counts.count(key)
         return Slot(key, self.counts.uncount)
 
-    def _rates_text(self, key: HostKey) -> str:
-        return rates_text(self.limits.rates_for(key))
-
     def _pace_locally(self, key: HostKey) -> None:
         """--on-redis-error local: this process paces the host at the configured rates alone."""
         rates = self.limits.rates_for(key)
@@ -369,7 +366,7 @@ class RedisLimiter(Limiter):
                 return
             wait = int(wait_us) / 1e6
             if time.monotonic() + wait > deadline:
-                raise RateExceeded(key, self._rates_text(key), wait)
+                raise RateExceeded(key, rates_text(self.limits.rates_for(key)), wait)
             gevent.sleep(wait)  # a timer for the token's moment
 
     def _wait_for_replicas(self, shard: Shard, slot: Slot) -> None:

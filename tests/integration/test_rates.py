@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 
-from dprl.limits.rates import parse_rate
+from dprl.limits.rates import Rate, parse_rate
 
 from ..support.arrivals import ArrivalProcess
 from ..support.network import free_port, proxy_connect, wait_for
@@ -89,15 +89,31 @@ def _arrive_in_order(ports: list[int], base: str, count: int, spacing: float) ->
     return results
 
 
-def _saturate(port: int, url: str, clients: int, seconds: float) -> tuple[float, list[int]]:
+def _saturate(ports: list[int], url: str, clients: int, seconds: float) -> tuple[float, list[int]]:
+    """``clients`` pushing for ``seconds``, spread over ``ports``; when it began, and every status."""
     statuses: list[int] = []
     start = time.monotonic()
-    threads = [threading.Thread(target=_push, args=(port, url, start + seconds, statuses)) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=_push, args=(ports[i % len(ports)], url, start + seconds, statuses))
+        for i in range(clients)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(seconds + 30)
     return start, statuses
+
+
+def _assert_exact(rate: Rate, arrivals: ArrivalProcess, start: float, statuses: list[int], seconds: float) -> None:
+    """Every 200 reached the upstream, the load was above the rate, no window W held more than
+    b + r*W, and the upstream saw b + r*T (at least 97 % of it)."""
+    seen = [t for t in arrivals.arrivals if t >= start]
+    assert statuses.count(200) == len(seen)
+    assert statuses.count(429) > len(seen)  # the load really was above the rate
+    for width in (0.1, 0.5, 1.0, 5.0):
+        most = arrivals.most_in_any_window(width)
+        assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
+    assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
 
 
 def test_forty_clients_pushing_get_exactly_the_rate(make_proxy, arrival_process):
@@ -106,15 +122,8 @@ def test_forty_clients_pushing_get_exactly_the_rate(make_proxy, arrival_process)
     rate = parse_rate("50/s:burst=5")
     proxy = make_proxy(max_rate=rate, reject_status=429)
     seconds = 5.0
-    start, statuses = _saturate(proxy.port, f"http://{arrival_process.authority}/x", 40, seconds)
-    arrivals = arrival_process.collect()
-    seen = [t for t in arrivals.arrivals if t >= start]
-    assert statuses.count(200) == len(seen)
-    assert statuses.count(429) > len(seen)  # the load really was above the rate
-    for width in (0.1, 0.5, 1.0, 5.0):
-        most = arrivals.most_in_any_window(width)
-        assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
-    assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
+    start, statuses = _saturate([proxy.port], f"http://{arrival_process.authority}/x", 40, seconds)
+    _assert_exact(rate, arrival_process.collect(), start, statuses, seconds)
 
 
 def test_waiting_serves_everybody_in_arrival_order_at_the_rate(make_proxy, arrival_process):
@@ -278,20 +287,6 @@ def _fleet(redis_server, prefix: str, count: int, *args: str) -> list[ProxyProce
     return [ProxyProcess(*common, *args) for _ in range(count)]
 
 
-def _saturate_fleet(ports: list[int], url: str, clients: int, seconds: float) -> tuple[float, list[int]]:
-    statuses: list[int] = []
-    start = time.monotonic()
-    threads = [
-        threading.Thread(target=_push, args=(ports[i % len(ports)], url, start + seconds, statuses))
-        for i in range(clients)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(seconds + 30)
-    return start, statuses
-
-
 def test_three_redis_workers_share_one_exact_rate(redis_server, redis_prefix, arrival_process):
     """The same 50/s, burst 5, 40 clients spread over 3 workers: b + r*W in any window,
     fleet-wide, on Redis's clock; b + r*T in total."""
@@ -299,16 +294,8 @@ def test_three_redis_workers_share_one_exact_rate(redis_server, redis_prefix, ar
     workers = _fleet(redis_server, redis_prefix, 3, "--max-rate", str(rate), "--reject-status", "429")
     try:
         seconds = 5.0
-        start, statuses = _saturate_fleet(
-            [w.port for w in workers], f"http://{arrival_process.authority}/x", 40, seconds
-        )
-        arrivals = arrival_process.collect()
-        seen = [t for t in arrivals.arrivals if t >= start]
-        assert statuses.count(200) == len(seen) and statuses.count(429) > len(seen)
-        for width in (0.1, 0.5, 1.0, 5.0):
-            most = arrivals.most_in_any_window(width)
-            assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
-        assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
+        start, statuses = _saturate([w.port for w in workers], f"http://{arrival_process.authority}/x", 40, seconds)
+        _assert_exact(rate, arrival_process.collect(), start, statuses, seconds)
     finally:
         for worker in workers:
             assert worker.stop() == 0
@@ -448,14 +435,8 @@ def test_two_workers_share_one_exact_rate_per_machine(arrival_process):
     try:
         proc.wait_line("dprl supervisor listening")
         seconds = 5.0
-        start, statuses = _saturate(proc.port, f"http://{arrival_process.authority}/x", 40, seconds)
-        arrivals = arrival_process.collect()
-        seen = [t for t in arrivals.arrivals if t >= start]
-        assert statuses.count(200) == len(seen) and statuses.count(429) > len(seen)
-        for width in (0.1, 0.5, 1.0, 5.0):
-            most = arrivals.most_in_any_window(width)
-            assert most <= rate.burst + rate.per_second * (width + JITTER), (width, most)
-        assert len(seen) >= 0.97 * (rate.burst + rate.per_second * seconds), len(seen)
+        start, statuses = _saturate([proc.port], f"http://{arrival_process.authority}/x", 40, seconds)
+        _assert_exact(rate, arrival_process.collect(), start, statuses, seconds)
     finally:
         assert proc.stop() == 0
 

@@ -94,7 +94,7 @@ def test_a_refusal_consumes_nothing_and_says_when_the_next_token_comes():
     first = book.check("h", rate, 10.0)
     book.commit("h", rate, first, 10.0)
     for now in (10.1, 10.2, 10.3):  # refused, repeatedly: the TAT does not move
-        assert book.next_token("h", rate, now) == pytest.approx(10.5 - now)
+        assert book.check("h", rate, now).wait == pytest.approx(10.5 - now)
     assert book.check("h", rate, 10.5).wait == 0
 
 
