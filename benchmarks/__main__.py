@@ -31,6 +31,7 @@ from .parser import figure_redis_parser
 from .plain import figure_plain
 from .queue import figure_queue
 from .rates import figure_rate_cost, figure_rate_precision
+from .syscalls import figure_syscalls
 from .tunnels import (
     figure_bulk,
     figure_floor,
@@ -55,6 +56,7 @@ FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict | list[dict]]] = {
     "redis-parser": figure_redis_parser,
     "rate-cost": figure_rate_cost,
     "rate-precision": figure_rate_precision,
+    "syscalls": figure_syscalls,
 }
 
 

@@ -1,7 +1,8 @@
 /* loadgen: a small epoll load generator for scripts/bench (compiled there with cc -O2).
  *
- *   loadgen connect PROXY_PORT TARGET_PORT CLIENTS SECONDS   new CONNECT tunnel + one GET per cycle
- *   loadgen direct  TARGET_PORT CLIENTS SECONDS              new TCP connection + one GET per cycle
+ *   loadgen connect PROXY_PORT TARGET_PORT CLIENTS SECONDS [CYCLES]
+ *                                                            new CONNECT tunnel + one GET per cycle
+ *   loadgen direct  TARGET_PORT CLIENTS SECONDS [CYCLES]     new TCP connection + one GET per cycle
  *   loadgen serve   PORT                                     bulk source/sink: first byte 'D' = send
  *                                                            until the peer closes, 'U' = read until EOF
  *   loadgen bulk    PROXY_PORT TARGET_PORT down|up STREAMS SECONDS
@@ -11,6 +12,8 @@
  *
  * Loopback only (127.0.0.1). Each client loops: connect, [CONNECT and read the 200],
  * send "GET /small", read the response head and its Content-Length body, close.
+ * With CYCLES, clients start no new cycle once that many have been started, and the run
+ * ends when the last one finishes (or at SECONDS): a fixed amount of work, as strace -c needs.
  * Prints "cycles N errors E seconds S rate R".  C, so that the load generator is never
  * the bottleneck of what it measures.
  */
@@ -39,7 +42,7 @@ typedef struct {
 } client_t;
 
 static int tunnel, proxy_port, target_port, epfd;
-static long cycles, errors;
+static long cycles, errors, started, max_cycles, active;
 static char connect_req[256], get_req[256];
 
 static double now(void) {
@@ -49,6 +52,8 @@ static double now(void) {
 }
 
 static void start(client_t *c) {
+    if (max_cycles && started >= max_cycles) { c->fd = -1; active--; return; }
+    started++;
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     addr.sin_port = htons(tunnel ? proxy_port : target_port);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -220,8 +225,8 @@ int main(int argc, char **argv) {
     if (argc == 7 && strcmp(argv[1], "bulk") == 0)
         return bulk(atoi(argv[2]), atoi(argv[3]), strcmp(argv[4], "down") == 0, atoi(argv[5]), atof(argv[6]));
     if (argc < 5) {
-        fprintf(stderr, "usage: loadgen connect PROXY_PORT TARGET_PORT CLIENTS SECONDS\n"
-                        "       loadgen direct TARGET_PORT CLIENTS SECONDS\n");
+        fprintf(stderr, "usage: loadgen connect PROXY_PORT TARGET_PORT CLIENTS SECONDS [CYCLES]\n"
+                        "       loadgen direct TARGET_PORT CLIENTS SECONDS [CYCLES]\n");
         return 2;
     }
     tunnel = strcmp(argv[1], "connect") == 0;
@@ -230,15 +235,17 @@ int main(int argc, char **argv) {
     target_port = atoi(argv[arg++]);
     int clients = atoi(argv[arg++]);
     double seconds = atof(argv[arg++]);
+    if (arg < argc) max_cycles = atol(argv[arg++]);
     snprintf(connect_req, sizeof connect_req, "CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n",
              target_port, target_port);
     snprintf(get_req, sizeof get_req, "GET /small HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", target_port);
     epfd = epoll_create1(0);
     client_t *all = calloc(clients, sizeof *all);
+    active = clients;
     for (int i = 0; i < clients; i++) start(&all[i]);
     double begin = now(), end = begin + seconds;
     struct epoll_event events[256];
-    while (now() < end) {
+    while (now() < end && active > 0) {
         int n = epoll_wait(epfd, events, 256, 50);
         for (int i = 0; i < n; i++) on_event(events[i].data.ptr, events[i].events);
     }

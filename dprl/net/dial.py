@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
+import os
+import socket as stdlib_socket
 import time
 from collections.abc import Callable
 
@@ -25,6 +27,9 @@ AddressCheck = Callable[[IPAddress], bool]
 SocketOptions = tuple[tuple[int, int, int], ...]
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 KEEPALIVE_PROBES = 3
+_STREAM_NONBLOCK = stdlib_socket.SOCK_STREAM | stdlib_socket.SOCK_NONBLOCK | stdlib_socket.SOCK_CLOEXEC
+_IN_PROGRESS = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
+_WRITE = 2  # libev's EV_WRITE
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,6 +79,15 @@ def check_literal(host: str, allowed: AddressCheck | None) -> None:
         raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
 
 
+@functools.lru_cache(maxsize=4096)
+def literal_address(host: str, port: int) -> tuple[int, tuple] | None:
+    """(family, sockaddr) of an IP-literal host, or None for a name (cached: every connection asks)."""
+    literal = ip_literal(host)
+    if literal is None:
+        return None
+    return (socket.AF_INET6 if literal.version == 6 else socket.AF_INET, (str(literal), port))
+
+
 def dial(
     host: str,
     port: int,
@@ -89,21 +103,18 @@ def dial(
     connection into a denied range.
     """
     deadline = time.monotonic() + timeout
-    literal = ip_literal(host)
-    if literal is not None:
+    address = literal_address(host, port)
+    if address is not None:
         # gevent's resolver is a thread-pool round trip even for literals: skip it.
         check_literal(host, allowed)
-        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-        candidates = [(family, (str(literal), port))]
+        candidates = [address]
     else:
         candidates = _resolve(host[1:-1] if host.startswith("[") else host, port, timeout, resolve)
         if allowed is not None:
             candidates = [c for c in candidates if allowed(ipaddress.ip_address(c[1][0].split("%", 1)[0]))]
             if not candidates:
                 raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
-    sock = _connect(candidates, host, port, deadline, timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return _connect(candidates, host, port, deadline, timeout)
 
 
 def _resolve(name: str, port: int, timeout: float, resolve: Resolver | None) -> list[tuple[int, tuple]]:
@@ -121,7 +132,9 @@ def _resolve(name: str, port: int, timeout: float, resolve: Resolver | None) -> 
         timer.close()
 
 
-def _connect(candidates: list[tuple[int, tuple]], host: str, port: int, deadline: float, timeout: float):
+def _connect(
+    candidates: list[tuple[int, tuple]], host: str, port: int, deadline: float, timeout: float
+) -> socket.socket:
     """Try each address in turn until one connects, all within ``deadline``."""
     last_error: OSError | None = None
     for family, sockaddr in candidates:
@@ -129,23 +142,51 @@ def _connect(candidates: list[tuple[int, tuple]], host: str, port: int, deadline
         if remaining <= 0:
             break
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            raw = stdlib_socket.socket(family, _STREAM_NONBLOCK)
         except OSError as exc:
             if exc.errno in OUT_OF_DESCRIPTORS:
                 raise UpstreamError("the proxy is out of file descriptors", 503) from None
             raise
-        sock.settimeout(remaining)
         try:
-            sock.connect(sockaddr)
-        except TimeoutError:
-            sock.close()
-            raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504) from None
-        except OSError as exc:
-            sock.close()
-            last_error = exc
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            error = connect_within(raw, sockaddr, remaining)
+        except BaseException:
+            raw.close()
+            raise
+        if error is None:
+            raw.close()
+            raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504)
+        if error:
+            raw.close()
+            last_error = OSError(error, os.strerror(error))
             continue
-        sock.settimeout(None)
-        return sock
+        return socket.socket(family, socket.SOCK_STREAM, 0, raw.detach())
     if last_error is None:
         raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504)
     raise UpstreamError(f"cannot connect to {host}:{port}: {last_error.strerror or last_error}", 502)
+
+
+def connect_within(sock: stdlib_socket.socket, address: tuple, timeout: float) -> int | None:
+    """Connect a non-blocking socket: 0, an errno, or None if ``timeout`` passed first.
+
+    One connect() and, when it is in progress, one hub watcher and one hub timer, then
+    SO_ERROR: what gevent's socket.connect does without its Timeout object and the
+    second connect() and getsockopt() around it (two system calls fewer per dial).
+    """
+    error = sock.connect_ex(address)
+    if error not in _IN_PROGRESS:
+        return error
+    loop = gevent.get_hub().loop
+    writable = loop.io(sock.fileno(), _WRITE)
+    timer = loop.timer(timeout)
+    switch = gevent.getcurrent().switch
+    writable.start(switch, True)
+    timer.start(switch, False)
+    try:
+        connected = gevent.get_hub().switch()
+    finally:
+        writable.close()
+        timer.close()
+    if not connected:
+        return None
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)

@@ -20,7 +20,7 @@ import fcntl
 import os
 import socket
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gevent
 import gevent.event
@@ -195,9 +195,12 @@ class _Direction:
             for fd in self.splice_buffer:
                 os.close(fd)
             self.splice_buffer = None
+        del self.pipe  # the pipe and its directions point at each other: freed now, not by the collector
 
 
 class _Pipe:
+    __slots__ = ("a_to_b", "activity", "b_to_a", "failure", "finished", "idle_timeout", "idle_timer", "loop")
+
     def __init__(self, a: socket.socket, b: socket.socket, to_b: bytes, to_a: bytes) -> None:
         self.loop = gevent.get_hub().loop
         self.finished = gevent.event.Event()
@@ -205,6 +208,27 @@ class _Pipe:
         self.failure: BaseException | None = None
         self.a_to_b = _Direction(self, a, b, to_b)
         self.b_to_a = _Direction(self, b, a, to_a)
+        self.idle_timeout = 0.0
+        self.idle_timer: Any = None  # a gevent loop timer (untyped)
+
+    def end_when_idle(self, idle_timeout: float) -> None:
+        """Abort once no byte moved either way for ``idle_timeout`` seconds: one hub timer,
+        set again for the rest of the period whenever it finds bytes moved meanwhile."""
+        self.idle_timeout = idle_timeout
+        self._arm(idle_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        self.idle_timer = timer = self.loop.timer(max(0.01, seconds))
+        timer.start(self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer.close()
+        quiet = time.monotonic() - self.activity
+        if quiet >= self.idle_timeout:
+            self.idle_timer = None
+            self.abort()
+        else:
+            self._arm(self.idle_timeout - quiet)
 
     def direction_done(self) -> None:
         if self.a_to_b.done and self.b_to_a.done:
@@ -227,6 +251,9 @@ class _Pipe:
     def close(self) -> None:
         self.a_to_b.close()
         self.b_to_a.close()
+        if self.idle_timer is not None:
+            self.idle_timer.close()
+            self.idle_timer = None
 
 
 class PipeResult(NamedTuple):
@@ -252,12 +279,9 @@ def pipe(
     try:
         state.a_to_b.start()
         state.b_to_a.start()
-        if not idle_timeout:
-            state.finished.wait()
-        else:
-            while not state.finished.wait(max(0.01, state.activity + idle_timeout - time.monotonic())):
-                if time.monotonic() - state.activity >= idle_timeout:
-                    state.abort()
+        if idle_timeout:
+            state.end_when_idle(idle_timeout)
+        state.finished.wait()
         return PipeResult(state.a_to_b.total, state.b_to_a.total, state.failure)
     finally:
         state.close()  # watchers off before the owner closes the sockets
