@@ -6,6 +6,7 @@ compressed), so what the limiter counts and what is dialled are the same string.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import NamedTuple
 
@@ -91,10 +92,16 @@ class Target(NamedTuple):
 def connect_target(request: RequestHead) -> Target:
     """The authority-form target of a CONNECT (``host:port``, port required)."""
     try:
-        host, port = split_authority(request.target, None)
+        return _authority_target(request.target)
     except ValueError as exc:
         raise ProtocolError(400, f"bad CONNECT target: {exc}") from None
-    return Target(host, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _authority_target(authority: str) -> Target:
+    """A CONNECT target, parsed once per distinct authority (clients repeat theirs);
+    invalid ones raise each time and are not kept."""
+    return Target(*split_authority(authority, None))
 
 
 def forward_target(request: RequestHead, upgrade: bool) -> Target:

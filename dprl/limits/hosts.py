@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ..http.target import parse_host, split_authority
 from .rates import Rate
@@ -70,6 +70,16 @@ class SharedCap:
         return key in self.hosts or any(p in self.patterns for p in pattern_candidates(key))
 
 
+class HostPolicy(NamedTuple):
+    """Everything an admission to one host key needs to know of the limits, looked up once."""
+
+    limit: int  # 0: unlimited
+    cap: SharedCap | None  # the shared cap it also counts against
+    line: str  # its waiting line: the key, or its shared cap's
+    rate: Rate | None  # its own rate
+    rates: tuple[tuple[str, Rate], ...]  # every rate an admission takes a token of, by name
+
+
 class HostLimits:
     """The default cap, per-host overrides and ``*.domain`` patterns; ``0`` means unlimited.
 
@@ -88,18 +98,18 @@ class HostLimits:
         overrides: Mapping[HostKey, int] | None = None,
         shared: Iterable[SharedCap] = (),
     ) -> None:
+        self._policies: dict[HostKey, HostPolicy] = {}  # policy_for's cache, replaced on every change
         self.default = _check_limit(default)
         self._exact: dict[HostKey, int] = {}
         self._patterns: dict[str, int] = {}
         self._load(overrides or {})
         self.shared: tuple[SharedCap, ...] = tuple(shared)
-        self._groups: dict[HostKey, SharedCap | None] = {}  # a cache of shared_cap_for
         # The fleet's limits stored in Redis (distributed mode): they come first.
         self._stored_exact: dict[HostKey, int] = {}
         self._stored_patterns: dict[str, int] = {}
         self.stored_default: int | None = None
         # Request rates (rates.py): the same shape, without the "0 removes" rule (None does).
-        self.default_rate: Rate | None = None
+        self._default_rate: Rate | None = None
         self._rate_exact: dict[HostKey, Rate] = {}
         self._rate_patterns: dict[str, Rate] = {}
         self._stored_rate_exact: dict[HostKey, Rate] = {}
@@ -110,8 +120,47 @@ class HostLimits:
         exact = {key: int(n) for key, n in limits.items() if int(n) > 0 and not key.startswith("*.")}
         patterns = {key: int(n) for key, n in limits.items() if int(n) > 0 and key.startswith("*.")}
         self._exact, self._patterns = exact, patterns
+        self._changed()
+
+    def _changed(self) -> None:
+        """Any limit, rate or shared cap changed: forget the policies worked out so far.
+        (A reader in another thread that looked one up meanwhile stores it in the old dict.)"""
+        self._policies = {}
+
+    @property
+    def default_rate(self) -> Rate | None:
+        """The rate of hosts with none of their own (None: unlimited)."""
+        return self._default_rate
+
+    @default_rate.setter
+    def default_rate(self, rate: Rate | None) -> None:
+        self._default_rate = rate
+        self._changed()
+
+    def policy_for(self, key: HostKey) -> HostPolicy:
+        """The limit, shared cap, waiting line and rates of ``key``, worked out once per
+        change of the limits (the hot path asks for each admission)."""
+        policies = self._policies
+        policy = policies.get(key)
+        if policy is None:
+            if len(policies) >= 10000:
+                policies.clear()
+            policy = policies[key] = self._work_out(key)
+        return policy
+
+    def _work_out(self, key: HostKey) -> HostPolicy:
+        cap = self._shared_cap(key)
+        rate = self._rate(key)
+        rates: list[tuple[str, Rate]] = [] if rate is None else [(key, rate)]
+        if cap is not None and cap.rate is not None:
+            rates.append((SHARED + cap.name, cap.rate))
+        line = key if cap is None else SHARED + cap.name
+        return HostPolicy(self._limit(key), cap, line, rate, tuple(rates))
 
     def limit_for(self, key: HostKey) -> int:
+        return self.policy_for(key).limit
+
+    def _limit(self, key: HostKey) -> int:
         """Stored in Redis (exact, then pattern), else this process's (exact, then pattern),
         else the stored default, else this process's default."""
         if self._stored_exact or self._stored_patterns:
@@ -132,13 +181,17 @@ class HostLimits:
         exact = {k: int(n) for k, n in limits.items() if not k.startswith("*.")}
         patterns = {k: int(n) for k, n in limits.items() if k.startswith("*.")}
         self._stored_exact, self._stored_patterns, self.stored_default = exact, patterns, default
+        self._changed()
 
     def stored(self) -> dict[HostKey, int]:
         return {**self._stored_exact, **self._stored_patterns}
 
     # rates -----------------------------------------------------------------------------
     def rate_for(self, key: HostKey) -> Rate | None:
-        """As ``limit_for``: stored (exact, pattern), own (exact, pattern), stored default, default."""
+        return self.policy_for(key).rate
+
+    def _rate(self, key: HostKey) -> Rate | None:
+        """As ``_limit``: stored (exact, pattern), own (exact, pattern), stored default, default."""
         if self._stored_rate_exact or self._stored_rate_patterns:
             rate = _lookup(key, self._stored_rate_exact, self._stored_rate_patterns)
             if rate is not None:
@@ -149,17 +202,10 @@ class HostLimits:
                 return rate
         return self.default_rate if self.stored_default_rate is None else self.stored_default_rate
 
-    def rates_for(self, key: HostKey) -> list[tuple[str, Rate]]:
+    def rates_for(self, key: HostKey) -> tuple[tuple[str, Rate], ...]:
         """Every rate an admission to ``key`` takes a token of, by name: its own, and its
         shared cap's (``shared:NAME``)."""
-        rates = []
-        rate = self.rate_for(key)
-        if rate is not None:
-            rates.append((key, rate))
-        cap = self.shared_cap_for(key)
-        if cap is not None and cap.rate is not None:
-            rates.append((SHARED + cap.name, cap.rate))
-        return rates
+        return self.policy_for(key).rates
 
     def set_rate(self, host: str, rate: Rate | None) -> None:
         """Set one host's (or pattern's) rate; None removes it (the default applies)."""
@@ -175,6 +221,7 @@ class HostLimits:
         keyed = {normalize_limit_spec(host): rate for host, rate in rates.items()}
         exact = {k: r for k, r in keyed.items() if not k.startswith("*.")}
         self._rate_exact, self._rate_patterns = exact, {k: r for k, r in keyed.items() if k.startswith("*.")}
+        self._changed()
 
     def set_stored_rates(self, rates: Mapping[HostKey, Rate], default: Rate | None) -> None:
         """The fleet's stored rates replace the previous ones (they come before this process's)."""
@@ -182,6 +229,7 @@ class HostLimits:
         patterns = {k: r for k, r in rates.items() if k.startswith("*.")}
         self._stored_rate_exact, self._stored_rate_patterns = exact, patterns
         self.stored_default_rate = default
+        self._changed()
 
     def stored_rates(self) -> dict[HostKey, Rate]:
         return {**self._stored_rate_exact, **self._stored_rate_patterns}
@@ -192,14 +240,10 @@ class HostLimits:
 
     def shared_cap_for(self, key: HostKey) -> SharedCap | None:
         """The shared cap ``key`` counts against too (the first that covers it), if any."""
-        if not self.shared:
-            return None
-        groups = self._groups
-        if key not in groups:
-            if len(groups) > 10000:
-                groups.clear()
-            groups[key] = next((cap for cap in self.shared if cap.covers(key)), None)
-        return groups[key]
+        return self.policy_for(key).cap
+
+    def _shared_cap(self, key: HostKey) -> SharedCap | None:
+        return next((cap for cap in self.shared if cap.covers(key)), None)
 
     def has_override(self, key: HostKey) -> bool:
         return key in self._exact
@@ -221,10 +265,12 @@ class HostLimits:
         self._load({normalize_limit_spec(host): int(n) for host, n in limits.items()})
 
     def replace_shared(self, shared: Iterable[SharedCap]) -> None:
-        self.shared, self._groups = tuple(shared), {}
+        self.shared = tuple(shared)
+        self._changed()
 
     def set_default(self, limit: int) -> None:
         self.default = _check_limit(limit)
+        self._changed()
 
     def overrides(self) -> dict[HostKey, int]:
         """Limits of single hosts (patterns are in ``patterns()``)."""

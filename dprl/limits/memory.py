@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import gevent
 
@@ -33,9 +33,7 @@ class MemoryLimiter(Limiter):
         self._rate_wait = 0.0  # of the last Admission.RATE: read in the same step, before any yield
 
     def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
-        limit = self.limits.limit_for(key)
-        cap = self.limits.shared_cap_for(key)
-        line = key if cap is None else SHARED + cap.name
+        limit, cap, line, _rate, rates = self.limits.policy_for(key)
         verdict = Admission.OTHERS_FIRST  # others of this process wait already: behind them
         if line not in self.waiting.hosts:
             verdict = self._try_take(key, limit, cap, 0)
@@ -43,7 +41,7 @@ class MemoryLimiter(Limiter):
                 return self._slot(key, cap.name if cap is not None else "")
         if not self.waiting.policy.timeout:
             if verdict == Admission.RATE:  # the verdict of this step: the caps had room
-                raise RateExceeded(key, rates_text(self.limits.rates_for(key)), self._rate_wait)
+                raise RateExceeded(key, rates_text(rates), self._rate_wait)
             raise self._refusal(key, limit, cap)
         self._refuse_a_useless_wait(key, line, limit)
         return self._wait(key, line, limit, watch)
@@ -83,7 +81,7 @@ class MemoryLimiter(Limiter):
         return LimitExceeded(key, limit)
 
     # the rate: what MachineLimiter keeps in shared memory instead ---------------------
-    def _take_tokens(self, rates: list[tuple[str, Rate]]) -> float:
+    def _take_tokens(self, rates: Sequence[tuple[str, Rate]]) -> float:
         """A token of each rate now: 0.0, or the seconds until all have one (nothing taken)."""
         return self.rate_book.take(rates, time.monotonic())
 

@@ -16,7 +16,7 @@ own clock.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -125,7 +125,7 @@ class RateBook:
             self._since_sweep = 0
             self._tat = {k: entry for k, entry in self._tat.items() if entry[0] > now}
 
-    def take(self, rates: list[tuple[str, Rate]], now: float) -> float:
+    def take(self, rates: Sequence[tuple[str, Rate]], now: float) -> float:
         """A token of each (name, rate) at ``now``: 0.0, or the seconds until all have one
         (nothing is taken then)."""
         verdicts = [(key, rate, self.check(key, rate, now)) for key, rate in rates]
@@ -152,6 +152,6 @@ class RateBook:
         return out
 
 
-def rates_text(rates: list[tuple[str, Rate]]) -> str:
+def rates_text(rates: Sequence[tuple[str, Rate]]) -> str:
     """The rates of a refusal: ``10/s``, or ``10/s; shared:cdn 100/s``."""
     return "; ".join(f"{name} {rate}" if name.startswith("shared:") else str(rate) for name, rate in rates)

@@ -10,6 +10,7 @@ nothing of HTTP: what a complete message is, is the caller's ``find`` function.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,12 @@ def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])
+
+
+def peer_text(address: tuple) -> str:
+    """``host:port`` of a socket address, IPv6 hosts in brackets (as logs show peers)."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Endpoint:
@@ -91,6 +98,24 @@ class Endpoint:
         self.buf += data
         return True
 
+    def fill_ready(self) -> bool | None:
+        """Read what has arrived, without waiting: True, False at end of stream, None if
+        nothing has (then ``fill`` waits). A request usually has arrived when its
+        connection is accepted (deferred accept): no timeout to set, no watcher to start."""
+        if self.before_wait is not None:
+            return None  # owed bytes go out before a read that might wait: fill() sees to it
+        try:
+            data = os.read(self.sock.fileno(), RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._lost(exc) from None
+        self.bytes_in += len(data)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
     def read_until(self, find: Callable[[bytearray], int], deadline: float | None = None) -> bytes:
         """Read until ``find(buf)`` returns a length (>= 0); take that many bytes off the buffer.
 
@@ -103,6 +128,12 @@ class Endpoint:
                 raise ConnectionLost(self.side, "closed in the middle of a message" if buf else "closed")
         data = bytes(buf[:end])
         del buf[:end]
+        return data
+
+    def take_buffered(self) -> bytes:
+        """Everything buffered, removed from the buffer."""
+        data = bytes(self.buf)
+        self.buf.clear()
         return data
 
     def consume(self, size: int) -> bytes:

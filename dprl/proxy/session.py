@@ -4,7 +4,11 @@ Code reads top to bottom like blocking code; gevent makes it cooperative. The se
 owns the client endpoint and at most one upstream connection (and so at most one slot)
 at a time, and closes it in ``finally``: whatever ends the session, the slot is released
 there or earlier. Plain requests go to a ``ForwardExchange``, CONNECT and 101 upgrades to
-a ``Tunnel``; both report back, neither touches the session.
+``tunnel``; both report back, neither touches the session.
+
+The common CONNECT (a first request, authorised, under its host's cap) is one straight
+path through ``_read_request``, ``_handle`` and ``_serve_connect``: the rare cases
+(waiting, refusals, errors, keep-alive) branch off it.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ from ..http.head import RequestHead, check_host_field, head_finder, parse_reques
 from ..http.target import Target, connect_target, forward_target
 from ..limits.hosts import host_key
 from ..limits.limiter import Limiter
-from ..net.endpoint import Endpoint
+from ..net.endpoint import Endpoint, peer_text
 from ..stats import ProxyStats
 from .access import REALM, AccessPolicy
 from .forward import ForwardExchange
 from .refusals import RefusalLog
-from .tunnel import Tunnel
+from .tunnel import tunnel
 from .upstream import Dialer, UpstreamConnection
 
 
@@ -77,8 +81,8 @@ class SessionContext:
 class ClientSession:
     __slots__ = (
         "_find_head",
+        "_peer_address",
         "_response_timer",
-        "address",
         "client",
         "context",
         "greenlet",
@@ -96,11 +100,16 @@ class ClientSession:
         self._find_head = head_finder(settings.max_request_line, settings.max_header_size, requests=True)
         self._response_timer: gevent.Timeout | None = None  # made at the first plain request
         self.peer = address[0]  # the client's IP, as the policy and the refusal log see it
-        self.address = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+        self._peer_address = address
         self.upstream: UpstreamConnection | None = None
         self.key: str | None = None  # the host key of the request being served, once known
         self.idle = True  # waiting for a request head: safe to close at shutdown
         self.greenlet = gevent.getcurrent()
+
+    @property
+    def address(self) -> str:
+        """The client's address as logs show it (made only when a log line needs it)."""
+        return peer_text(self._peer_address)
 
     def run(self) -> None:
         first = True
@@ -129,7 +138,10 @@ class ClientSession:
             # a first request within --header-timeout; the next ones within --idle-timeout
             # (the socket's own timeout)
             try:
-                if not client.fill(time.monotonic() + settings.header_timeout if first else None):
+                arrived = client.fill_ready() if first else None
+                if arrived is None:
+                    arrived = client.fill(time.monotonic() + settings.header_timeout if first else None)
+                if not arrived:
                     return None
             except ConnectionLost:
                 return None  # silent or gone before its first byte: an idle close
@@ -274,8 +286,9 @@ class ClientSession:
 
     def _tunnel(self, upstream: UpstreamConnection, announce: bytes) -> None:
         context = self.context
-        tunnel = Tunnel(self.client, upstream.endpoint, context.settings.tunnel_idle_timeout, context.log, upstream.key)
-        result = tunnel.run(announce)
+        result = tunnel(
+            self.client, upstream.endpoint, announce, context.settings.tunnel_idle_timeout, context.log, upstream.key
+        )
         context.stats.tunnelled(result.a_to_b, result.b_to_a)
 
     # upstream ------------------------------------------------------------------------------
@@ -283,7 +296,7 @@ class ClientSession:
         context = self.context
         watch = self.client.watch_gone if context.limiter.waiting.policy.timeout else None
         upstream = UpstreamConnection.open(
-            context.limiter, context.dialer, target, key, self.address, context.log, watch
+            context.limiter, context.dialer, target, key, self._peer_address, context.log, watch
         )
         if context.settings.access_log:
             upstream.access_level = logging.INFO

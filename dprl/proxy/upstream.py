@@ -24,7 +24,7 @@ from ..limits.hosts import HostKey
 from ..limits.limiter import Limiter, Slot
 from ..limits.waiting import Watch
 from ..net.dial import AddressCheck, Resolver, SocketOptions, dial, ip_literal
-from ..net.endpoint import Endpoint
+from ..net.endpoint import Endpoint, peer_text
 
 FRESH_FOR = 1.0  # seconds after a response during which a kept upstream is reused unchecked
 TUNE_AFTER = 1.0  # seconds an upstream connection lives before it gets its keepalive options
@@ -83,10 +83,10 @@ class Dialer(NamedTuple):
 
 class UpstreamConnection:
     __slots__ = (
+        "_client_address",
         "_keepalive",
         "_log",
         "access_level",
-        "client",
         "connect_seconds",
         "endpoint",
         "key",
@@ -103,7 +103,7 @@ class UpstreamConnection:
         target: Target,
         slot: Slot,
         sock: socket.socket,
-        client: str,
+        client: tuple,
         log: logging.Logger,
         keepalive: KeepaliveTuner | None = None,
     ) -> None:
@@ -116,13 +116,13 @@ class UpstreamConnection:
         self.status = 0  # of the last response relayed (200 for a CONNECT), for the access log
         self.requests = 0
         self.access_level = logging.DEBUG
-        self.client = client
+        self._client_address = client  # the client's socket address, formatted only for a log line
         self._log = log
         self._keepalive = keepalive
         if keepalive is not None:
             keepalive.track(self)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("upstream open host=%s client=%s target=%s:%d", self.key, client, target.host, target.port)
+            log.debug("upstream open host=%s client=%s target=%s:%d", self.key, self.client, target.host, target.port)
 
     @classmethod
     def open(
@@ -131,7 +131,7 @@ class UpstreamConnection:
         dialer: Dialer,
         target: Target,
         key: HostKey,
-        client: str,
+        client: tuple,
         log: logging.Logger,
         watch: Watch | None = None,
     ) -> UpstreamConnection:
@@ -155,6 +155,11 @@ class UpstreamConnection:
         connection = cls(target, slot, sock, client, log, dialer.keepalive)
         connection.connect_seconds = connection.opened - started
         return connection
+
+    @property
+    def client(self) -> str:
+        """The client this connection serves, as the access log shows it."""
+        return peer_text(self._client_address)
 
     def serves(self, target: Target) -> bool:
         """True if this connection can carry the next request to ``target``."""
@@ -196,11 +201,12 @@ class UpstreamConnection:
         if self._log.isEnabledFor(self.access_level):
             endpoint = self.endpoint
             duration_ms = round((time.monotonic() - self.opened) * 1000, 1)
+            client = self.client
             self._log.log(
                 self.access_level,
                 "upstream close host=%s client=%s status=%s requests=%d duration=%.1fms sent=%d received=%d",
                 self.key,
-                self.client,
+                client,
                 self.status or "-",
                 self.requests,
                 duration_ms,
@@ -208,7 +214,7 @@ class UpstreamConnection:
                 endpoint.bytes_in,
                 extra={
                     "host": self.key,
-                    "client": self.client,
+                    "client": client,
                     "status": self.status or None,
                     "requests": self.requests,
                     "duration_ms": duration_ms,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import gevent
 import gevent.socket
@@ -78,7 +78,7 @@ class MachineLimiter(MemoryLimiter):
             self._rate_wait = self.table.rate_wait
         return verdict
 
-    def _take_tokens(self, rates: list[tuple[str, Rate]]) -> float:
+    def _take_tokens(self, rates: Sequence[tuple[str, Rate]]) -> float:
         try:
             return self.table.pace(rates)
         except TableFull as exc:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dprl.http.target import split_authority
-from dprl.limits.hosts import HostLimits, host_key, normalize_host_spec
+from dprl.limits.hosts import HostLimits, SharedCap, host_key, normalize_host_spec
+from dprl.limits.rates import parse_rate
 
 
 @pytest.mark.parametrize(
@@ -73,3 +74,34 @@ def test_limits_follow_reference_semantics():
     assert limits.overrides() == {"c.example.com:8443": 2}
     with pytest.raises(ValueError):
         HostLimits(-1)
+
+
+def test_the_policy_cache_follows_every_kind_of_change() -> None:
+    """policy_for is worked out once per change: each way of changing limits shows at once."""
+    limits = HostLimits(default=3)
+    key = "api.example.com"
+    assert limits.policy_for(key).limit == 3
+    limits.set(key, 5)
+    assert limits.limit_for(key) == 5
+    limits.set_stored({key: 7}, None)
+    assert limits.limit_for(key) == 7
+    limits.set_stored({}, 9)
+    limits.remove(key)
+    assert limits.limit_for(key) == 9  # the stored default
+    limits.set_stored({}, None)
+    limits.set_default(2)
+    assert limits.limit_for(key) == 2
+    limits.replace({"*.example.com": 4})
+    assert limits.limit_for(key) == 4
+    assert limits.rate_for(key) is None
+    limits.default_rate = parse_rate("10/s")
+    assert limits.rates_for(key) == ((key, parse_rate("10/s")),)
+    limits.set_rate(key, parse_rate("2/s"))
+    assert limits.rate_for(key) == parse_rate("2/s")
+    limits.set_stored_rates({key: parse_rate("1/s")}, None)
+    assert limits.rate_for(key) == parse_rate("1/s")
+    cap = SharedCap("api", 6, frozenset({key}), frozenset(), parse_rate("5/s"))
+    limits.replace_shared([cap])
+    policy = limits.policy_for(key)
+    assert (policy.cap, policy.line) == (cap, "shared:api")
+    assert policy.rates == ((key, parse_rate("1/s")), ("shared:api", parse_rate("5/s")))
