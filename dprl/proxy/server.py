@@ -1,5 +1,10 @@
 """The listening server: accept, one greenlet per client, graceful stop.
 
+Client connections are counted by the server itself rather than by a gevent Pool (a
+Pool links every greenlet and runs a callback when it ends): at --max-clients it stops
+accepting, and the session that ends below the bound starts it again; the rest wait in
+the kernel's accept queue.
+
 The server knows the Limiter interface only; it cannot tell the in-memory limiter from
 the Redis one. What every session shares (settings, access policy, refusal log, limiter,
 dialer) is built once here and handed to each session as a ``SessionContext``.
@@ -12,8 +17,8 @@ import logging
 import socket
 
 import gevent
+import gevent.event
 from gevent import socket as gsocket
-from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import Config
@@ -41,7 +46,11 @@ class ProxyServer(StreamServer):
         resolve: Resolver | None = None,
         reuse_port: bool = False,
     ) -> None:
-        super().__init__((settings.bind, settings.port), backlog=1024, spawn=Pool(settings.max_clients))
+        super().__init__((settings.bind, settings.port), backlog=1024)
+        self.max_clients = settings.max_clients
+        self._clients = 0  # client connections handed to a greenlet and not finished yet
+        self._full = False  # accepting stopped at --max-clients
+        self._drained: gevent.event.Event | None = None  # set at stop: the last client finished
         # --workers: every worker listens on the same port; the kernel spreads connections
         self.reuse_port = reuse_port
         self.settings = settings
@@ -155,21 +164,49 @@ class ProxyServer(StreamServer):
         if not self.stopping and not self.closed:
             self.start_accepting()
 
-    def handle(self, sock: socket.socket, address: tuple) -> None:
-        if self.context.state.stopping:
-            return
-        if not self.access.client_allowed(address[0]):
-            self.refusals.record(f"from {address[0]}: client not in --allow-clients")
-            self.limiter.stats.refused(None, Reason.ACCESS)
-            with contextlib.suppress(OSError):
-                sock.sendall(FORBIDDEN_CLIENT)
-            return
-        session = ClientSession(self.context, sock, address)
-        self.sessions.add(session)
+    def full(self) -> bool:
+        """Asked by the accept loop before each accept: at --max-clients, stop accepting."""
+        if self._clients >= self.max_clients:
+            self._full = True
+            return True
+        return False
+
+    def do_handle(self, *args: object) -> None:
+        """Hand an accepted connection to a new greenlet (counted from here on)."""
+        self._clients += 1
         try:
-            session.run()
+            super().do_handle(*args)
+        except BaseException:
+            self._client_done()
+            raise
+
+    def _client_done(self) -> None:
+        self._clients -= 1
+        if self._full and self._clients < self.max_clients:
+            self._full = False
+            if not self.stopping and not self.closed:
+                self.start_accepting()
+        if self._drained is not None and not self._clients:
+            self._drained.set()
+
+    def handle(self, sock: socket.socket, address: tuple) -> None:
+        try:
+            if self.context.state.stopping:
+                return
+            if not self.access.client_allowed(address[0]):
+                self.refusals.record(f"from {address[0]}: client not in --allow-clients")
+                self.limiter.stats.refused(None, Reason.ACCESS)
+                with contextlib.suppress(OSError):
+                    sock.sendall(FORBIDDEN_CLIENT)
+                return
+            session = ClientSession(self.context, sock, address)
+            self.sessions.add(session)
+            try:
+                session.run()
+            finally:
+                self.sessions.discard(session)
         finally:
-            self.sessions.discard(session)
+            self._client_done()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting; let busy connections finish up to ``timeout``, then close them.
@@ -187,10 +224,12 @@ class ProxyServer(StreamServer):
         for session in list(self.sessions):
             if session.idle:
                 session.greenlet.kill(block=False)
+        self._drained = gevent.event.Event()
+        if not self._clients:
+            self._drained.set()
         try:
-            if self.pool is not None:
-                self.pool.join(timeout=timeout)
-                self.pool.kill(block=True, timeout=1)
+            self._drained.wait(timeout)
+            gevent.killall([session.greenlet for session in self.sessions], block=True, timeout=1)
         finally:
             self.keepalive_tuner.stop()
             self.refusals.stop()
