@@ -7,6 +7,7 @@ as soon as it passes the limit, not when (if ever) it ends.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,18 @@ def parse_request_head(data: bytes, max_fields: int = 100) -> RequestHead:
     """Parse a request head ending in CRLF CRLF."""
     match, version, fields, index, connection = _parse_head(data, grammar.REQUEST_LINE, 3, "request", max_fields)
     return RequestHead(version, fields, index, connection, match[1].decode("ascii"), match[2].decode("ascii"))
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_connect_head(data: bytes, max_fields: int = 100) -> RequestHead:
+    """``parse_request_head`` and ``check_host_field`` of a CONNECT head, done once per
+    distinct head: a client sends the same few again and again (its targets, its
+    credentials), and a tunnel has no other per-request work to spread the parse over.
+    Refused heads raise each time (nothing is kept of them). The head returned is shared
+    by every connection that sent those bytes: read it, never change it."""
+    request = parse_request_head(data, max_fields)
+    check_host_field(request)
+    return request
 
 
 def parse_response_head(data: bytes, max_fields: int = 200) -> ResponseHead:

@@ -37,7 +37,7 @@ from ..errors import (
 from ..http import rewrite
 from ..http.errors import ProtocolError
 from ..http.framing import BodyFraming, request_framing
-from ..http.head import RequestHead, check_host_field, head_finder, parse_request_head
+from ..http.head import RequestHead, check_host_field, head_finder, parse_connect_head, parse_request_head
 from ..http.target import Target, connect_target, forward_target
 from ..limits.hosts import host_key
 from ..limits.limiter import Limiter
@@ -147,6 +147,8 @@ class ClientSession:
                 return None  # silent or gone before its first byte: an idle close
         try:
             head = client.read_until(self._find_head, time.monotonic() + settings.header_timeout)
+            if head.startswith(b"CONNECT "):
+                return parse_connect_head(head, settings.max_header_count)  # Host checked too
             return parse_request_head(head, settings.max_header_count)
         except ProtocolError as exc:
             self._answer(exc.status, str(exc), keep=False)
@@ -162,7 +164,8 @@ class ClientSession:
         has_body = False
         self.key = None
         try:
-            check_host_field(request)
+            if request.method != "CONNECT":  # a CONNECT's Host was checked as it was parsed
+                check_host_field(request)
             framing = request_framing(request)
             has_body = framing.has_body
             if not self._authorised(request):

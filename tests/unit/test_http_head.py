@@ -6,7 +6,7 @@ import pytest
 
 from dprl.http.errors import ProtocolError
 from dprl.http.framing import BodyFraming, Framing, parse_chunk_line, request_framing, response_framing
-from dprl.http.head import find_head_end, parse_request_head, parse_response_head
+from dprl.http.head import find_head_end, parse_connect_head, parse_request_head, parse_response_head
 
 
 def test_request_head_fields_keep_case_and_strip_ows():
@@ -104,3 +104,18 @@ def test_head_delimiting_and_its_limits(data, end, status):
         with pytest.raises(ProtocolError) as info:
             find_head_end(data, max_line=64, max_head=200)
         assert info.value.status == status
+
+
+def test_connect_heads_are_parsed_once_and_refused_every_time() -> None:
+    head = b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: api.example.com:443\r\n\r\n"
+    first = parse_connect_head(head, 100)
+    assert (first.method, first.target, first.raw_values("host")) == (
+        "CONNECT",
+        "api.example.com:443",
+        ["api.example.com:443"],
+    )
+    assert parse_connect_head(head, 100) is first  # the same bytes: the same parse
+    twice = b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\nHost: b.example:443\r\n\r\n"
+    for _ in range(2):  # the check is part of the parse, and a refusal is not kept
+        with pytest.raises(ProtocolError, match="more than one Host"):
+            parse_connect_head(twice, 100)
