@@ -94,8 +94,14 @@ def dial(
     timeout: float,
     resolve: Resolver | None = None,
     allowed: AddressCheck | None = None,
+    raw: bool = False,
 ) -> socket.socket:
     """Connect to ``host`` (normalised: IPv6 in brackets) within ``timeout`` seconds.
+
+    ``raw``: return the connected non-blocking socket as it is, for a tunnel, whose pipe
+    reads and writes its descriptor from hub watchers: a gevent socket around it would
+    cost four system calls (a check of the descriptor, blocking mode, two watchers) and
+    its Python layers, to serve no blocking call.
 
     ``resolve(name, port)`` returns ``[(family, sockaddr), ...]`` to try in order and
     raises OSError when the name does not resolve; the default asks gevent's resolver.
@@ -114,7 +120,7 @@ def dial(
             candidates = [c for c in candidates if allowed(ipaddress.ip_address(c[1][0].split("%", 1)[0]))]
             if not candidates:
                 raise AccessDenied(f"destination {host} is in a range denied by --deny-destinations")
-    return _connect(candidates, host, port, deadline, timeout)
+    return _connect(candidates, host, port, deadline, timeout, raw)
 
 
 def _resolve(name: str, port: int, timeout: float, resolve: Resolver | None) -> list[tuple[int, tuple]]:
@@ -133,7 +139,7 @@ def _resolve(name: str, port: int, timeout: float, resolve: Resolver | None) -> 
 
 
 def _connect(
-    candidates: list[tuple[int, tuple]], host: str, port: int, deadline: float, timeout: float
+    candidates: list[tuple[int, tuple]], host: str, port: int, deadline: float, timeout: float, raw: bool = False
 ) -> socket.socket:
     """Try each address in turn until one connects, all within ``deadline``."""
     last_error: OSError | None = None
@@ -142,25 +148,27 @@ def _connect(
         if remaining <= 0:
             break
         try:
-            raw = stdlib_socket.socket(family, _STREAM_NONBLOCK)
+            sock = stdlib_socket.socket(family, _STREAM_NONBLOCK)
         except OSError as exc:
             if exc.errno in OUT_OF_DESCRIPTORS:
                 raise UpstreamError("the proxy is out of file descriptors", 503) from None
             raise
         try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            error = connect_within(raw, sockaddr, remaining)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            error = connect_within(sock, sockaddr, remaining)
         except BaseException:
-            raw.close()
+            sock.close()
             raise
         if error is None:
-            raw.close()
+            sock.close()
             raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504)
         if error:
-            raw.close()
+            sock.close()
             last_error = OSError(error, os.strerror(error))
             continue
-        return socket.socket(family, socket.SOCK_STREAM, 0, raw.detach())
+        if raw:
+            return sock  # a stdlib socket: the pipe uses its descriptor
+        return socket.socket(family, socket.SOCK_STREAM, 0, sock.detach())
     if last_error is None:
         raise UpstreamError(f"timed out connecting to {host}:{port} after {timeout:g}s", 504)
     raise UpstreamError(f"cannot connect to {host}:{port}: {last_error.strerror or last_error}", 502)

@@ -283,7 +283,7 @@ class ClientSession:
         key = self.key = host_key(target.host, target.port)
         if self.upstream is not None:
             self.close_upstream()
-        upstream = self.upstream = self._open_upstream(target, key)
+        upstream = self.upstream = self._open_upstream(target, key, tunnel=True)
         upstream.status, upstream.requests = 200, 1
         self._tunnel(upstream, rewrite.CONNECTION_ESTABLISHED)
 
@@ -295,11 +295,11 @@ class ClientSession:
         context.stats.tunnelled(result.a_to_b, result.b_to_a)
 
     # upstream ------------------------------------------------------------------------------
-    def _open_upstream(self, target: Target, key: str) -> UpstreamConnection:
+    def _open_upstream(self, target: Target, key: str, tunnel: bool = False) -> UpstreamConnection:
         context = self.context
         watch = self.client.watch_gone if context.limiter.waiting.policy.timeout else None
         upstream = UpstreamConnection.open(
-            context.limiter, context.dialer, target, key, self._peer_address, context.log, watch
+            context.limiter, context.dialer, target, key, self._peer_address, context.log, watch, tunnel
         )
         if context.settings.access_log:
             upstream.access_level = logging.INFO

@@ -134,11 +134,13 @@ class UpstreamConnection:
         client: tuple,
         log: logging.Logger,
         watch: Watch | None = None,
+        tunnel: bool = False,
     ) -> UpstreamConnection:
         """Take a slot for ``key``, then dial; a denied IP literal is refused before any slot.
 
         Names are resolved (and their addresses vetted) only once a slot is held, so a
-        host at its cap costs no DNS lookup.
+        host at its cap costs no DNS lookup. For a ``tunnel`` (CONNECT) the socket is the
+        plain non-blocking one the pipe needs (``dial``'s ``raw``).
         """
         allowed = dialer.allowed
         if allowed is not None and (literal := ip_literal(target.host)) is not None:
@@ -148,7 +150,7 @@ class UpstreamConnection:
         slot = limiter.acquire(key, watch)
         started = time.monotonic()
         try:
-            sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed)
+            sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed, tunnel)
         except BaseException:
             slot.release()
             raise
