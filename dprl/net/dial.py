@@ -112,7 +112,8 @@ def dial(
     address = literal_address(host, port)
     if address is not None:
         # gevent's resolver is a thread-pool round trip even for literals: skip it.
-        check_literal(host, allowed)
+        if allowed is not None:
+            check_literal(host, allowed)
         candidates = [address]
     else:
         candidates = _resolve(host[1:-1] if host.startswith("[") else host, port, timeout, resolve)

@@ -189,8 +189,10 @@ class Endpoint:
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            if self.watch is None:
-                send_all(self.sock, data)
+            if self.watch is None:  # send_all, inline: one send() that takes it all is the usual case
+                sent = self.sock.send(data)
+                if sent < len(data):
+                    self.sock.sendall(memoryview(data)[sent:])
             else:
                 self._send_watching(data)
         except OSError as exc:

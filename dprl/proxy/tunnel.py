@@ -24,7 +24,8 @@ def tunnel(
     """
     if announce:
         client.send(announce)
-    to_upstream, to_client = client.take_buffered(), upstream.take_buffered()
+    to_upstream = client.take_buffered() if client.buf else b""
+    to_client = upstream.take_buffered() if upstream.buf else b""
     result = pipe(client.sock, upstream.sock, to_upstream, to_client, idle_timeout)
     upstream.bytes_out += result.a_to_b
     upstream.bytes_in += result.b_to_a
