@@ -190,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return limits_main(args[1:])
     config = parse_config(args)
+    # The process is dprl's own: no greenlet needs to know which one spawned it, and
+    # recording that (a walk of the spawner's stack) costs every client connection ~3 us.
+    # (Embedded, dprl leaves the host program's gevent settings alone.)
+    gevent.config.track_greenlet_tree = False
     identity = Seat.from_env()
     workers = _worker_count(config) if identity is None else None
     if workers is not None and workers.count > 1:

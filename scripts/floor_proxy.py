@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import sys
 
+import gevent
 from gevent import socket as gsocket
 from gevent.server import StreamServer
 
@@ -40,6 +41,7 @@ def handle(client: gsocket.socket, _address: tuple) -> None:
 
 
 if __name__ == "__main__":
+    gevent.config.track_greenlet_tree = False  # as python -m dprl: no spawn tree per client
     listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
