@@ -12,6 +12,7 @@ sockets, a greenlet per client). Usage: floor_proxy.py PORT
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 
@@ -42,6 +43,7 @@ def handle(client: gsocket.socket, _address: tuple) -> None:
 
 if __name__ == "__main__":
     gevent.config.track_greenlet_tree = False  # as python -m dprl: no spawn tree per client
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])  # as python -m dprl (dprl/cli.py: YOUNG_OBJECTS)
     listener = gsocket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets

@@ -99,6 +99,7 @@ class HostLimits:
         shared: Iterable[SharedCap] = (),
     ) -> None:
         self._policies: dict[HostKey, HostPolicy] = {}  # policy_for's cache, replaced on every change
+        self.generation = 0  # counts the changes: caches of what follows from the limits compare it
         self.default = _check_limit(default)
         self._exact: dict[HostKey, int] = {}
         self._patterns: dict[str, int] = {}
@@ -126,6 +127,7 @@ class HostLimits:
         """Any limit, rate or shared cap changed: forget the policies worked out so far.
         (A reader in another thread that looked one up meanwhile stores it in the old dict.)"""
         self._policies = {}
+        self.generation += 1
 
     @property
     def default_rate(self) -> Rate | None:

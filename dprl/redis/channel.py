@@ -125,6 +125,10 @@ def _info_field(info: bytes, name: bytes) -> str:
     return ""
 
 
+class _ReplyOverdue(BaseException):
+    """Thrown into a caller whose reply is past its deadline (``Channel.wait``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Connected:
     """What a new connection learned in its handshake, for the channel's owner."""
@@ -233,13 +237,22 @@ class RedisChannel:
         return self.wait(self.send(lambda: args, deadline=deadline), deadline)
 
     def wait(self, result: AsyncResult, deadline: float | None = None) -> Reply:
+        """The reply, or RedisTimeout past ``deadline``.
+
+        The deadline is one hub timer that throws into this greenlet, as a gevent Timeout
+        would, without the Timeout object around it (two replies are waited for per
+        admitted connection: the acquire and the release)."""
         deadline = deadline or self.deadline()
+        timer = gevent.get_hub().loop.timer(max(0.0, deadline - time.monotonic()))
+        timer.start(gevent.getcurrent().throw, _ReplyOverdue)
         try:
-            return result.get(timeout=max(0.0, deadline - time.monotonic()))
-        except gevent.Timeout:
+            return result.get()
+        except _ReplyOverdue:
             # A late reply would be matched to the wrong caller: the connection is done.
             self._give_up()
             raise RedisTimeout(f"no reply from Redis within {self.timeout:g}s") from None
+        finally:
+            timer.close()
 
     def close(self) -> None:
         conn = self._conn

@@ -22,14 +22,17 @@ class KeySpace:
         self.prefix = prefix
         self.limits = limits
         self.topology = topology
+        # script_keys' answers, worked out once per host and script while the limits (and
+        # so the shared caps, which decide the tags) stay as they are
+        self._script_keys: dict[tuple[str, HostKey, bool], tuple[str, ...]] = {}
+        self._generation = limits.generation
 
     def tag(self, key: HostKey) -> str:
         """The hash tag of ``key``'s keys: the host itself, or its shared cap's
-        (``shared:NAME``, which is also the key of the cap's own count)."""
+        (``shared:NAME``, which is also the key of the cap's own count): its waiting line."""
         if key.startswith(SHARED):
             return key
-        cap = self.limits.shared_cap_for(key)
-        return key if cap is None else SHARED + cap.name
+        return self.limits.policy_for(key).line
 
     def keys(self, key: HostKey) -> tuple[str, str, str]:
         """counts, leases and the epoch marker of ``key``."""
@@ -53,6 +56,15 @@ class KeySpace:
         """Acquire also sees the host's rate (KEYS[4]); acquire and release see the queue,
         and a shared cap's own count (after the queue). ``bare``: without the queue's keys
         (a Cluster slot being migrated, see routing.py), when there is no shared cap."""
+        if self._generation != self.limits.generation or len(self._script_keys) >= 10000:
+            self._script_keys = {}
+            self._generation = self.limits.generation
+        cached = self._script_keys.get((script.name, key, bare))
+        if cached is None:
+            cached = self._script_keys[(script.name, key, bare)] = self._work_out(script, key, bare)
+        return cached
+
+    def _work_out(self, script: Script, key: HostKey, bare: bool) -> tuple[str, ...]:
         if script is PACE:  # the host's rate, and its shared cap's (pace.lua skips one it has not)
             tag = self.tag(key)
             return (self.rate_key(key),) if tag == key else (self.rate_key(key), self.rate_key(tag))

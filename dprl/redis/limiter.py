@@ -227,8 +227,9 @@ class RedisLimiter(Limiter):
 
     def _attempt(self, key: HostKey, limit: int, waiter: Waiter | None = None) -> Attempt:
         """One admission; ``waiter``: ask with its ticket (enqueued if refused)."""
+        policy = self.limits.policy_for(key)  # its line is the hash tag of its keys
         try:
-            shard = self.topology.shard_for(self.keyspace.tag(key))
+            shard = self.topology.shard_for(policy.line)
         except RedisUnavailable as exc:
             return Attempt(self._fallback(key, limit, str(exc)))
         refusal = self._refusal(shard)
@@ -251,13 +252,11 @@ class RedisLimiter(Limiter):
                 gevent.spawn(self._release, key)  # the caller was killed while waiting
 
         known, new = self.counts.epoch_args(key)
-        ticket, last, line = "", "0", self.keyspace.tag(key)
+        ticket, last, line, cap, rate = "", "0", policy.line, policy.cap, policy.rate
         if waiter is not None:
             ticket, last = waiter.ticket, "1" if len(self.waiting.hosts.get(line, ())) <= 1 else "0"
-        cap = self.limits.shared_cap_for(key) if line != key else None
         refresher = self.refresher
         lease, ttl, wake = refresher.lease_ms, refresher.key_ttl_ms, self._wake_prefix
-        rate = self.limits.rate_for(key)
         interval, tolerance = _rate_args(rate)
         shared_limit = cap.limit if cap else ""
         shared_interval, shared_tolerance = _rate_args(cap.rate if cap else None)
