@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .admin import figure_admin, figure_admin_stall
 from .harness import EXTRA_ARGS, ROOT, TREES, ensure_tools
+from .instructions import figure_instructions
 from .limits import figure_limits
 from .memory import figure_hosts_rss, figure_rss
 from .parser import figure_redis_parser
@@ -57,6 +58,7 @@ FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict | list[dict]]] = {
     "rate-cost": figure_rate_cost,
     "rate-precision": figure_rate_precision,
     "syscalls": figure_syscalls,
+    "instructions": figure_instructions,
 }
 
 

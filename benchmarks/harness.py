@@ -45,7 +45,14 @@ class Proxy:
 
 
 def ensure_tools(*tools: str) -> None:
-    packages = {"wrk": "wrk", "nginx": "nginx-light", "redis-server": "redis-server", "cc": "gcc", "strace": "strace"}
+    packages = {
+        "wrk": "wrk",
+        "nginx": "nginx-light",
+        "redis-server": "redis-server",
+        "cc": "gcc",
+        "strace": "strace",
+        "valgrind": "valgrind",
+    }
     missing = [packages[t] for t in tools if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]
