@@ -140,12 +140,7 @@ class ProxyStats:
 
     # the hot path ------------------------------------------------------------------------
     def opened(self, key: HostKey, dial_seconds: float) -> None:
-        entry = self.hosts.get(key)
-        if entry is None:
-            entry = self._entry(key)
-        else:  # the common case, inline: a host seen lately
-            self.hosts.move_to_end(key)
-        entry.opened += 1
+        self._entry(key).opened += 1
         self.dial_seconds.observe(dial_seconds)
 
     def refused(self, key: HostKey | None, reason: str) -> None:

@@ -38,9 +38,7 @@ class MemoryLimiter(Limiter):
         if line not in self.waiting.hosts:
             verdict = self._try_take(key, limit, cap, 0)
             if verdict == Admission.ADMITTED:
-                if cap is None:
-                    return Slot(key, self._release)
-                return Slot(key, functools.partial(self._release_shared, cap.name))
+                return self._slot(key, cap.name if cap is not None else "")
         if not self.waiting.policy.timeout:
             if verdict == Admission.RATE:  # the verdict of this step: the caps had room
                 raise RateExceeded(key, rates_text(rates), self._rate_wait)
@@ -183,10 +181,7 @@ class MemoryLimiter(Limiter):
                 break  # nobody behind it fits either (a shared line's other hosts may)
 
     def _release(self, key: HostKey) -> None:
-        self._uncount(key, "")
-        if key in self.waiting.hosts:  # in the same step: no newcomer can take the slot first
-            self._hand_over(key)
-            self._line_changed(key)
+        self._give_back(key, "")
 
     def _release_shared(self, group: str, key: HostKey) -> None:
         self._give_back(key, group)

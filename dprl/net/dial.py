@@ -185,14 +185,14 @@ def connect_within(sock: stdlib_socket.socket, address: tuple, timeout: float) -
     error = sock.connect_ex(address)
     if error not in _IN_PROGRESS:
         return error
-    loop = gevent.get_hub().loop
-    writable = loop.io(sock.fileno(), _WRITE)
-    timer = loop.timer(timeout)
+    hub = gevent.get_hub()
+    writable = hub.loop.io(sock.fileno(), _WRITE)
+    timer = hub.loop.timer(timeout)
     switch = gevent.getcurrent().switch
     writable.start(switch, True)
     timer.start(switch, False)
     try:
-        connected = gevent.get_hub().switch()
+        connected = hub.switch()
     finally:
         writable.close()
         timer.close()

@@ -132,6 +132,8 @@ class Endpoint:
 
     def take_buffered(self) -> bytes:
         """Everything buffered, removed from the buffer."""
+        if not self.buf:
+            return b""
         data = bytes(self.buf)
         self.buf.clear()
         return data
@@ -189,10 +191,8 @@ class Endpoint:
 
     def _sendall(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            if self.watch is None:  # send_all, inline: one send() that takes it all is the usual case
-                sent = self.sock.send(data)
-                if sent < len(data):
-                    self.sock.sendall(memoryview(data)[sent:])
+            if self.watch is None:
+                send_all(self.sock, data)
             else:
                 self._send_watching(data)
         except OSError as exc:

@@ -24,9 +24,7 @@ def tunnel(
     """
     if announce:
         client.send(announce)
-    to_upstream = client.take_buffered() if client.buf else b""
-    to_client = upstream.take_buffered() if upstream.buf else b""
-    result = pipe(client.sock, upstream.sock, to_upstream, to_client, idle_timeout)
+    result = pipe(client.sock, upstream.sock, client.take_buffered(), upstream.take_buffered(), idle_timeout)
     upstream.bytes_out += result.a_to_b
     upstream.bytes_in += result.b_to_a
     if result.failure is not None:
