@@ -33,6 +33,7 @@ from .plain import figure_plain
 from .queue import figure_queue
 from .rates import figure_rate_cost, figure_rate_precision
 from .syscalls import figure_syscalls
+from .tenants import figure_tenant_cost, figure_tenant_fairness
 from .tunnels import (
     figure_bulk,
     figure_floor,
@@ -59,6 +60,8 @@ FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict | list[dict]]] = {
     "rate-precision": figure_rate_precision,
     "syscalls": figure_syscalls,
     "instructions": figure_instructions,
+    "tenant-cost": figure_tenant_cost,
+    "tenant-fairness": figure_tenant_fairness,
 }
 
 

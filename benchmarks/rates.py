@@ -26,18 +26,29 @@ def figure_rate_cost(args: argparse.Namespace, workdir: Path) -> list[dict]:
 
 
 def _cost(args: argparse.Namespace, workdir: Path, name: str, extra: list[str]) -> dict:
+    rated = ["--max-rate", "1000000/s:burst=1000"]
+    figure = f"CONNECT tunnels/s, {name}, with a rate that never bites"
+    return compare_cost(args, workdir, figure, extra, rated, ("no rate", "rate set"))
+
+
+def compare_cost(
+    args: argparse.Namespace, workdir: Path, figure: str, extra: list[str], setting: list[str], labels=("none", "set")
+) -> dict:
+    """Two proxies side by side in one run (a cap that never bites), without and with ``setting``:
+    tunnels/s and CPU per tunnel of each, and the ratio of their CPU."""
+    plain_label, set_label = labels
     with (
         nginx(workdir) as upstream,
         dprl("--max-connections", "100000", *extra) as plain,
-        dprl("--max-connections", "100000", "--max-rate", "1000000/s:burst=1000", *extra) as rated,
+        dprl("--max-connections", "100000", *setting, *extra) as configured,
     ):
-        plain.name, rated.name = "no rate", "rate set"
-        direct, runs = tunnel_runs(args, workdir, upstream, [plain, rated])
-    row = figure_row(f"CONNECT tunnels/s, {name}, with a rate that never bites", direct, runs, "us/tunnel")
+        plain.name, configured.name = plain_label, set_label
+        direct, runs = tunnel_runs(args, workdir, upstream, [plain, configured])
+    row = figure_row(figure, direct, runs, "us/tunnel")
     row["lines"] = [
-        f"{row['figure']}: no rate {row['no rate']:.1f}/s ({row['no rate cpu']:.1f} us CPU/tunnel), "
-        f"rate set {row['rate set']:.1f}/s ({row['rate set cpu']:.1f} us CPU/tunnel): "
-        f"CPU with / without = {row['rate set cpu'] / row['no rate cpu']:.3f}"
+        f"{row['figure']}: {plain_label} {row[plain_label]:.1f}/s ({row[plain_label + ' cpu']:.1f} us CPU/tunnel), "
+        f"{set_label} {row[set_label]:.1f}/s ({row[set_label + ' cpu']:.1f} us CPU/tunnel): "
+        f"CPU with / without = {row[set_label + ' cpu'] / row[plain_label + ' cpu']:.3f}"
     ]
     return row
 

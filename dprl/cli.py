@@ -41,7 +41,7 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
         return (
             "The config file is INI: a [dprl] section with options by their long flag name "
             "(port = 8080), a [host-limits] section with one 'host = N' line per host, a [host-rates] "
-            "section with one 'host = RATE' line per host, and a [shared-limits] section."
+            "section with one 'host = RATE' line per host, a [shared-limits] and a [tenant-shares] section."
         )
 
     def parse(self, stream: IO[str]) -> OrderedDict:
@@ -60,6 +60,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
                 items["host-rates"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
             elif section == "shared-rates":
                 items["shared-rates"] = ",".join(f"{name}={value}" for name, value in ini.items(section))
+            elif section == "tenant-shares":
+                items["tenant-shares"] = ",".join(f"{name}={value}" for name, value in ini.items(section))
             elif section == "shared-limits":
                 items["shared-limits"] = ";".join(f"{name}={value}" for name, value in ini.items(section))
             elif section == "dprl":
@@ -70,7 +72,7 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
             else:
                 raise configargparse.ConfigFileParserException(
                     f"config file: unknown section [{section}] "
-                    "(expected [dprl], [host-limits], [host-rates], [shared-limits], [shared-rates])"
+                    "(expected [dprl], [host-limits], [host-rates], [shared-limits], [shared-rates], [tenant-shares])"
                 )
         return items
 

@@ -18,6 +18,7 @@ from .config_values import (
     IPNetwork,
     _at_least,
     _default_rate,
+    _field_name,
     _host_limits,
     _host_rates,
     _not_empty,
@@ -28,6 +29,9 @@ from .config_values import (
     _redis_prefix,
     _reject_status,
     _shared_limits,
+    _tenant_by,
+    _tenant_groups,
+    _tenant_shares,
     _workers,
     parse_bool,
     parse_default_rate,
@@ -37,11 +41,15 @@ from .config_values import (
     parse_ports,
     parse_shared_limits,
     parse_shared_rates,
+    parse_tenant_groups,
+    parse_tenant_shares,
     read_credentials,
 )
 from .errors import ConfigError
 from .limits.hosts import SharedCap
 from .limits.rates import Rate
+from .limits.tenants import Share
+from .proxy.tenancy import BY_CLIENT, BY_USER
 from .redact import MASK, masked_url
 from .redis.address import RedisDeployment
 
@@ -297,6 +305,47 @@ class Config:
         env="DPRL_MAX_QUEUE",
         check=_at_least(1),
     )
+    # tenants --------------------------------------------------------------------------------
+    tenant_shares: dict[str, Share] = option(
+        {},
+        "shares of each host's cap and rate, as NAME=WEIGHT[:max=N%],... (a tenant is guaranteed "
+        "its weight's part among the tenants that want the host, and borrows idle slots up to its max; "
+        "unknown tenants are 'default', weight 1; INI: a [tenant-shares] section)",
+        env="DPRL_TENANT_SHARES",
+        parse=parse_tenant_shares,
+        check=_tenant_shares,
+        docs_default="",
+        metavar="NAME=WEIGHT,...",
+        repeat_flag=(
+            "--tenant-share",
+            "NAME=WEIGHT[:max=N%]",
+            "one tenant's share (repeatable); overrides the same tenant in --tenant-shares",
+        ),
+    )
+    tenant_by: str = option(
+        "",
+        "who a request's tenant is: user (its proxy-auth user name), client (its address, or the "
+        "--tenant-groups group it is in) or header (--tenant-header); default: user with --proxy-auth, else client",
+        env="DPRL_TENANT_BY",
+        check=_tenant_by,
+        docs_default="user with auth, else client",
+    )
+    tenant_groups: dict[str, tuple[IPNetwork, ...]] = option(
+        {},
+        "client address groups that are tenants, as NAME=CIDR,... (a name may repeat; the first match wins)",
+        env="DPRL_TENANT_GROUPS",
+        parse=parse_tenant_groups,
+        check=_tenant_groups,
+        docs_default="",
+        metavar="NAME=CIDR,...",
+    )
+    tenant_header: str = option(
+        "X-Dprl-Tenant",
+        "the request header that names the tenant with --tenant-by header (read on CONNECT and plain "
+        "requests, never forwarded upstream)",
+        env="DPRL_TENANT_HEADER",
+        check=_field_name,
+    )
     # operations -----------------------------------------------------------------------------
     admin_port: int = option(
         0,
@@ -385,6 +434,12 @@ class Config:
                 raise ConfigError(
                     f"shared rate {name!r}: no shared cap of that name (--shared-limit {name}=N:HOSTS names its hosts)"
                 )
+        if self.tenant_shares and self.workers != "1" and not self.effective_redis_url:
+            raise ConfigError(
+                "tenant shares are not supported with --workers in local mode yet (use one worker, or Redis)"
+            )
+        if not self.tenant_by:
+            object.__setattr__(self, "tenant_by", BY_USER if self.proxy_auth or self.proxy_auth_file else BY_CLIENT)
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),
@@ -448,6 +503,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("limits", ("max_connections", "host_limits", "shared_limits", "reject_status", "retry_after")),
     ("rates", ("max_rate", "host_rates", "shared_rates")),
     ("queueing", ("queue_timeout", "max_queue")),
+    ("tenants", ("tenant_shares", "tenant_by", "tenant_groups", "tenant_header")),
     (
         "timeouts",
         (

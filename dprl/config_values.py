@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .http.target import split_authority
 from .limits.hosts import HostKey, normalize_limit_spec
 from .limits.rates import Rate, parse_rate
+from .limits.tenants import Share, check_tenant_name, parse_share, parse_shares
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -89,6 +90,32 @@ def parse_shared_limit(text: str) -> tuple[str, tuple[int, tuple[str, ...]]]:
 def parse_shared_limits(text: str) -> dict[str, tuple[int, tuple[str, ...]]]:
     """Shared limits separated by ``;``."""
     return dict(parse_shared_limit(item) for item in text.split(";") if item.strip())
+
+
+def parse_tenant_shares(text: str) -> dict[str, Share]:
+    """Comma-separated ``NAME=WEIGHT[:max=N%]``."""
+    try:
+        return parse_shares(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_tenant_groups(text: str) -> dict[str, tuple[IPNetwork, ...]]:
+    """Comma-separated ``NAME=CIDR``; a name given again adds a network to its group."""
+    groups: dict[str, tuple[IPNetwork, ...]] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, cidr = item.partition("=")
+        if not sep:
+            raise ConfigError(f"a tenant group is NAME=CIDR, got {item!r}")
+        try:
+            name = check_tenant_name(name)
+            network = ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"tenant group {item!r}: {exc}") from None
+        groups[name] = (*groups.get(name, ()), network)
+    return groups
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:
@@ -202,6 +229,41 @@ def _redis_addr(value: str) -> str:
         except ValueError as exc:
             raise ConfigError(f"must be host:port: {exc}") from None
     return value
+
+
+def _field_name(value: str) -> str:
+    """An HTTP field name (RFC 9110 5.1: a token)."""
+    if not value or not all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value) or not value.isascii():
+        raise ConfigError(f"must be a header name (letters, digits, '-'...), got {value!r}")
+    return value
+
+
+def _tenant_by(value: str) -> str:
+    if value not in ("", "user", "client", "header"):
+        raise ConfigError(f"must be user, client or header, got {value!r}")
+    return value
+
+
+def _tenant_shares(value: dict[str, Share | str]) -> dict[str, Share]:
+    """The library may give a share as its text (``"3:max=50%"``)."""
+    shares = {}
+    for name, share in value.items():
+        if isinstance(share, str):
+            try:
+                name, share = parse_share(f"{name}={share}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        try:
+            shares[check_tenant_name(name)] = share
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return shares
+
+
+def _tenant_groups(value: dict[str, Any]) -> dict[str, tuple[IPNetwork, ...]]:
+    """The library may give a group's networks as text (``("10.0.0.0/8",)``)."""
+    text = ",".join(f"{name}={net}" for name, nets in value.items() for net in nets)
+    return parse_tenant_groups(text)
 
 
 def _redis_prefix(value: str) -> str:

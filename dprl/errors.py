@@ -16,6 +16,7 @@ class Reason(str, Enum):
 
     LIMIT = "limit"
     RATE = "rate"
+    TENANT_SHARE = "tenant_share"
     LIMITER_UNAVAILABLE = "limiter_unavailable"
     ACCESS = "access"
     AUTH = "auth"
@@ -120,6 +121,18 @@ class RateExceeded(LimitExceeded):
     def retry_after(self) -> int:
         """Retry-After: the seconds until the next token, rounded up (at least 1)."""
         return max(1, math.ceil(self.wait))
+
+
+class TenantShareExceeded(LimitExceeded):
+    """The host has room, but not for this tenant: it is at its max, or the free slots are
+    owed to other tenants below their guarantee (tenants.py)."""
+
+    reason = Reason.TENANT_SHARE
+
+    def __init__(self, key: str, limit: int, tenant: str, detail: str) -> None:
+        super().__init__(key, limit)
+        self.tenant = tenant
+        self.detail = detail
 
 
 class QueueTimeout(LimitExceeded):

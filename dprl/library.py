@@ -22,6 +22,7 @@ from .limits.hosts import HostLimits, SharedCap, normalize_host_spec, normalize_
 from .limits.limiter import Limiter
 from .limits.memory import MemoryLimiter
 from .limits.rates import Rate, parse_rate
+from .limits.tenants import Share, parse_share
 from .net.dial import Resolver
 from .ops.admin import AdminServer
 from .proxy.server import ProxyServer
@@ -122,6 +123,7 @@ class ProxyRateLimiter:
         self.limiter = make_limiter(self.config, self.limits, self.log, seat)
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
         self.limiter.waiting.policy.max_queue = self.config.max_queue
+        self.limiter.tenants.replace(self.config.tenant_shares)
         self._server: ProxyServer | None = None
         self._admin: AdminServer | None = None
         self._thread: threading.Thread | None = None
@@ -218,6 +220,24 @@ class ProxyRateLimiter:
             self.log.warning("shared-limits changed: in distributed mode they take effect at the next start")
         self.limiter.waiting.policy.timeout = config.queue_timeout
         self.limiter.waiting.policy.max_queue = config.max_queue
+        if config.tenant_shares != self.limiter.tenants.shares():
+            self.limiter.tenants.replace(config.tenant_shares)
+
+    # tenants ---------------------------------------------------------------------------
+    def set_tenant_share(self, tenant: str, share: str | Share | None) -> None:
+        """Give ``tenant`` a share of every host's cap and rate: ``"3"``, ``"1:max=50%"`` or a
+        Share; None removes it (the tenant falls into ``default``). With no share left, tenants
+        are off. Applies to admissions from now on (nothing is preempted)."""
+        if isinstance(share, str):
+            share = parse_share(f"{tenant}={share}")[1]
+        self.limiter.tenants.set(tenant, share)
+
+    def tenant_shares(self) -> dict[str, Share]:
+        return self.limiter.tenants.shares()
+
+    def tenant_connections_for_host(self, host: str) -> dict[str, int]:
+        """Open connections to ``host`` per tenant (fleet-wide as last seen in distributed mode)."""
+        return self.limiter.tenant_counts(normalize_host_spec(host))
 
     def set_host_rate(self, host: str, rate: str | Rate | None) -> None:
         """Rate ``host`` (or a ``*.domain`` pattern): ``"10/s"``, ``"600/m:burst=20"`` or a Rate;

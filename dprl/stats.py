@@ -122,6 +122,7 @@ class ProxyStats:
         self.tunnel_bytes = [0, 0]  # client -> upstream, upstream -> client
         self.redis_errors: dict[str, int] = dict.fromkeys(REDIS_ERROR_KINDS, 0)
         self.lease_refreshes = 0
+        self.tenant_refusals: dict[tuple[str, str], int] = {}  # (tenant, reason) -> refusals
         self.dial_seconds = Buckets(
             "dprl_upstream_connect_seconds",
             "Time to resolve and connect to an upstream (successful dials).",
@@ -145,6 +146,11 @@ class ProxyStats:
 
     def refused(self, key: HostKey | None, reason: str) -> None:
         self._entry(key or NO_HOST).refused(reason, time.monotonic())
+
+    def tenant_refused(self, tenant: str, reason: str) -> None:
+        """A refusal of a tenant's connection (tenant names are the configured ones: bounded)."""
+        entry = (tenant, str(reason))
+        self.tenant_refusals[entry] = self.tenant_refusals.get(entry, 0) + 1
 
     def tunnelled(self, up: int, down: int) -> None:
         self.tunnel_bytes[0] += up

@@ -47,6 +47,14 @@ def end_to_end(head: MessageHead, keep_upgrade: bool = False) -> Fields:
     return [(k, v) for k, v in head.fields if k.lower() not in drop]
 
 
+def drop_field(head: MessageHead, name: str) -> None:
+    """Remove every line of the field ``name`` (lowercase) from ``head``: one meant for the
+    proxy alone (the tenant header)."""
+    if name in head.index:
+        del head.index[name]
+        head.fields = [(k, v) for k, v in head.fields if k.lower() != name]
+
+
 def via(version: str) -> tuple[str, str]:
     return ("Via", f"{version[5:]} dprl")
 

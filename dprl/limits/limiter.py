@@ -13,6 +13,7 @@ from enum import IntEnum
 
 from ..stats import ProxyStats
 from .hosts import HostKey, HostLimits
+from .tenants import Standing, TenantShares
 from .waiting import QueuePolicy, WaitingRoom, Watch
 
 
@@ -24,6 +25,7 @@ class Admission(IntEnum):
     GROUP_FULL = 2  # its shared cap is full
     OTHERS_FIRST = 3  # room, but older waiters (of other workers) go first
     RATE = 4  # room, but the host's rate has no token now
+    TENANT_SHARE = 5  # its tenant is at its max, or the free slots are owed to other tenants first
 
 
 class Slot:
@@ -80,22 +82,47 @@ class Limiter(ABC):
         # what operators see of this process (dprl.ops reads it; the proxy and this limiter write it)
         self.stats = stats if stats is not None else ProxyStats(pinned=limits.has_override)
         self.waiting = WaitingRoom(QueuePolicy())  # connections over the cap waiting for a slot
+        self.tenants = TenantShares()  # shares of a host's cap and rate (none: no tenants)
         # Set by the server: end the upstream connections of these host keys whose slots are
         # shared, and return how many (a worker whose lease lapsed, --on-lease-loss close).
         self.fence: Callable[[set[HostKey]], int] | None = None
 
     @abstractmethod
-    def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
+    def acquire(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> Slot:
         """Take a slot for ``key`` or raise LimitExceeded / LimiterUnavailable.
 
         Over the cap, with a --queue-timeout, the caller waits for a slot in arrival order
         (QueueTimeout, QueueFull, ShuttingDown; ConnectionLost if ``watch`` says the client
-        left)."""
+        left). ``tenant``: who asks (tenants.py; ignored without configured shares)."""
 
-    def pace(self, key: HostKey, watch: Watch | None = None) -> None:  # noqa: B027 (no rates: nothing to take)
+    def pace(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> None:  # noqa: B027 (no rates: nothing to take)
         """Take a token of ``key``'s rate for a request on a connection it already holds
         (a kept-alive upstream connection): its slot is counted, its requests are too.
         Waits for the token within --queue-timeout, or raises RateExceeded."""
+
+    def tenant_counts(self, key: HostKey) -> dict[str, int]:
+        """Open connections to ``key`` per tenant, as this limiter sees them (fleet-wide
+        where it can); empty without tenants."""
+        return {}
+
+    def tenant_hosts(self) -> Iterable[HostKey]:
+        """Hosts with connections of tenants (as ``tenant_counts`` sees them)."""
+        return ()
+
+    def tenant_standings(self) -> dict[HostKey, dict[str, Standing]]:
+        """Each host with tenants' connections or waiters: every tenant's standing there
+        (held, waiting, guarantee, ceiling), for operators."""
+        if not self.tenants.enabled:
+            return {}
+        keys = set(self.tenant_hosts())
+        keys |= {w.key for waiters in list(self.waiting.hosts.values()) for w in list(waiters) if w.tenant}
+        out = {}
+        for key in keys:
+            policy = self.limits.policy_for(key)
+            if policy.limit:
+                waiting = self.waiting.tenant_counts(key, policy.line)
+                out[key] = self.tenants.standings(policy.limit, self.tenant_counts(key), waiting)
+        return out
 
     def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
         """Seconds until the next token of rated hosts whose burst is not full, among ``keys``

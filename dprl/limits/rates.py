@@ -125,6 +125,11 @@ class RateBook:
             self._since_sweep = 0
             self._tat = {k: entry for k, entry in self._tat.items() if entry[0] > now}
 
+    def busy(self, key: str, now: float) -> bool:
+        """Whether ``key`` took a token lately (its TAT lies ahead: its burst is not full)."""
+        entry = self._tat.get(key)
+        return entry is not None and entry[0] > now
+
     def take(self, rates: Sequence[tuple[str, Rate]], now: float) -> float:
         """A token of each (name, rate) at ``now``: 0.0, or the seconds until all have one
         (nothing is taken then)."""
@@ -144,6 +149,8 @@ class RateBook:
         """Seconds until the next token of every host whose burst is not full (0: one is there)."""
         out = {}
         for key in list(self._tat):
+            if key.startswith("tenant:"):  # a tenant's part of a host's rate: shown with its host
+                continue
             rate = rate_for(key)
             if rate is not None:
                 verdict = self.check(key, rate, now)

@@ -34,10 +34,11 @@ class QueuePolicy:
 
 
 class Waiter:
-    __slots__ = ("admitted", "arrived", "cancelled", "event", "group", "key", "line", "ticket")
+    __slots__ = ("admitted", "arrived", "cancelled", "event", "group", "key", "line", "tenant", "ticket")
 
-    def __init__(self, key: HostKey, line: str) -> None:
+    def __init__(self, key: HostKey, line: str, tenant: str = "") -> None:
         self.key = key
+        self.tenant = tenant  # the tenant it waits for (tenants.py), "" without tenants
         self.line = line  # whose slots it waits for: its host's, or its shared cap's (every host of it)
         self.group = ""  # the shared cap it was admitted under (in-memory limiter)
         self.event = gevent.event.Event()  # set: a slot may be free for it (or it must stop)
@@ -60,6 +61,14 @@ class WaitingRoom:
         self.hosts: dict[HostKey, deque[Waiter]] = {}
         self.closed = False
 
+    def tenant_counts(self, key: HostKey, line: str) -> dict[str, int]:
+        """Waiters for ``key`` (on its ``line``) not handed a slot yet, per tenant."""
+        counts: dict[str, int] = {}
+        for waiter in self.hosts.get(line, ()):
+            if waiter.key == key and not waiter.admitted:
+                counts[waiter.tenant] = counts.get(waiter.tenant, 0) + 1
+        return counts
+
     def counts(self) -> dict[HostKey, int]:
         """Waiters per host key."""
         counts: dict[HostKey, int] = {}
@@ -68,7 +77,7 @@ class WaitingRoom:
                 counts[waiter.key] = counts.get(waiter.key, 0) + 1
         return counts
 
-    def enter(self, key: HostKey, limit: int, line: str | None = None) -> Waiter:
+    def enter(self, key: HostKey, limit: int, line: str | None = None, tenant: str = "") -> Waiter:
         """A new waiter at the back of its line; QueueFull / ShuttingDown at once."""
         if self.closed:
             raise ShuttingDown("the proxy is shutting down")
@@ -76,7 +85,7 @@ class WaitingRoom:
         waiters = self.hosts.setdefault(line, deque())
         if len(waiters) >= self.policy.max_queue:
             raise QueueFull(key, limit, f"{len(waiters)} connections already waiting (--max-queue)")
-        waiter = Waiter(key, line)
+        waiter = Waiter(key, line, tenant)
         waiters.append(waiter)
         return waiter
 
@@ -100,6 +109,18 @@ class WaitingRoom:
         waiter = self.oldest(key)
         if waiter is not None:
             waiter.event.set()
+
+    def wake_message(self, message: str) -> None:
+        """A wake-up from the fleet: ``line``, or ``line|tenant`` (the oldest waiter of that
+        tenant on the line; tenants' waiters are served in fair order, not by arrival)."""
+        line, _, tenant = message.partition("|")
+        if not tenant:
+            self.wake_oldest(line)
+            return
+        for waiter in self.hosts.get(line, ()):
+            if waiter.tenant == tenant:
+                waiter.event.set()
+                return
 
     def wake_next(self, waiter: Waiter) -> None:
         """Wake the waiter after ``waiter`` (a slot more may be free for it)."""

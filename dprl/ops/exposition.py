@@ -144,6 +144,28 @@ class SnapshotCollector:
             yield CounterMetricFamily(
                 "dprl_lease_refreshes", "Leases renewed in Redis (one per host per refresh).", value=s.lease_refreshes
             )
+        if s.tenants or s.tenant_refusals:
+            gauge = GaugeMetricFamily(
+                "dprl_tenant_connections",
+                "Upstream connections open now per tenant (tenant shares), over every host "
+                "(fleet-wide as last seen in distributed mode).",
+                labels=["tenant"],
+            )
+            held: dict[str, int] = {}
+            for standings in s.tenants.values():
+                for tenant, standing in standings.items():
+                    held[tenant] = held.get(tenant, 0) + standing.held
+            for tenant, n in sorted(held.items()):
+                gauge.add_metric([tenant], n)
+            yield gauge
+            refused = CounterMetricFamily(
+                "dprl_tenant_refusals",
+                "Connections of a tenant answered with a refusal, by reason.",
+                labels=["tenant", "reason"],
+            )
+            for (tenant, reason), n in sorted(s.tenant_refusals.items()):
+                refused.add_metric([tenant, reason], n)
+            yield refused
         yield from s.histograms
         yield from _PROCESS.collect()
 
@@ -182,6 +204,12 @@ def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
         row["next_token_in"] = round(snapshot.next_tokens.get(key, 0.0), 3)  # seconds; 0: a token is there
     if snapshot.fleet is not None:
         row["fleet_open"] = snapshot.fleet.get(key, 0)
+    standings = snapshot.tenants.get(key)
+    if standings:
+        row["tenants"] = {
+            tenant: {"open": s.held, "guarantee": s.guarantee, "max": s.ceiling, "waiting": s.waiting}
+            for tenant, s in sorted(standings.items())
+        }
     return row
 
 

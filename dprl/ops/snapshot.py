@@ -15,6 +15,7 @@ from prometheus_client import Metric
 from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter
 from ..limits.rates import Rate
+from ..limits.tenants import Standing
 from ..stats import HostCounters, ProxyStats
 
 
@@ -39,6 +40,8 @@ class Snapshot:
     histograms: list[Metric]  # collected in the hub: their locks stay in one thread
     max_hosts: int
     taken: float  # time.monotonic() when taken (refusals in the last minute count from it)
+    tenants: dict[HostKey, dict[str, Standing]]  # hosts tenants use or wait for: each tenant's standing
+    tenant_refusals: dict[tuple[str, str], int]  # (tenant, reason) -> refusals by this process
 
     def limit_for(self, key: HostKey) -> int:
         return self.host_limits.limit_for(key)
@@ -96,4 +99,6 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
         histograms=histograms,
         max_hosts=stats.max_hosts,
         taken=time.monotonic(),
+        tenants=limiter.tenant_standings(),
+        tenant_refusals=dict(stats.tenant_refusals),
     )

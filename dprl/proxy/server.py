@@ -28,6 +28,7 @@ from ..net.dial import OUT_OF_DESCRIPTORS, Resolver, keepalive_options
 from .access import AccessPolicy
 from .refusals import RefusalLog
 from .session import ClientSession, ServerState, SessionContext
+from .tenancy import TenantOf
 from .upstream import Dialer, KeepaliveTuner
 
 _FORBIDDEN_BODY = b"dprl: this client address is not allowed to use the proxy\n"
@@ -71,6 +72,11 @@ class ProxyServer(StreamServer):
             log=log,
             state=ServerState(),
             stats=limiter.stats,
+            tenant_of=TenantOf(
+                settings.tenant_by,
+                settings.tenant_header,
+                [(name, net) for name, nets in settings.tenant_groups.items() for net in nets],
+            ),
         )
         self._accept_paused = False
         self._accept_delay = 0.0

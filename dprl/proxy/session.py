@@ -33,6 +33,7 @@ from ..errors import (
     QueueTimeout,
     RateExceeded,
     Reason,
+    TenantShareExceeded,
 )
 from ..http import rewrite
 from ..http.errors import ProtocolError
@@ -46,6 +47,7 @@ from ..stats import ProxyStats
 from .access import REALM, AccessPolicy
 from .forward import ForwardExchange
 from .refusals import RefusalLog
+from .tenancy import BY_HEADER, TenantOf
 from .tunnel import tunnel
 from .upstream import Dialer, UpstreamConnection
 
@@ -76,6 +78,7 @@ class SessionContext:
     log: logging.Logger
     state: ServerState
     stats: ProxyStats
+    tenant_of: TenantOf
 
 
 class ClientSession:
@@ -89,6 +92,7 @@ class ClientSession:
         "idle",
         "key",
         "peer",
+        "tenant",
         "upstream",
     )
 
@@ -103,6 +107,7 @@ class ClientSession:
         self._peer_address = address
         self.upstream: UpstreamConnection | None = None
         self.key: str | None = None  # the host key of the request being served, once known
+        self.tenant = ""  # the tenant of the request being served (tenants configured), once known
         self.idle = True  # waiting for a request head: safe to close at shutdown
         self.greenlet = gevent.getcurrent()
 
@@ -163,6 +168,7 @@ class ClientSession:
         mark = self.client.bytes_out
         has_body = False
         self.key = None
+        self.tenant = ""
         try:
             if request.method != "CONNECT":  # a CONNECT's Host was checked as it was parsed
                 check_host_field(request)
@@ -172,6 +178,9 @@ class ClientSession:
                 extra = [("Proxy-Authenticate", f'Basic realm="{REALM}"')]
                 keep = self._keep(request, has_body)  # the client retries on it with credentials
                 return self._answer(407, "proxy authentication required", keep, extra, has_body, Reason.AUTH)
+            tenants = self.context.limiter.tenants
+            if tenants.enabled:
+                self.tenant = tenants.tenant(self.context.tenant_of(request, self.peer))
             if request.method == "CONNECT":
                 if has_body:
                     raise ProtocolError(400, "CONNECT request with a body")
@@ -231,12 +240,14 @@ class ClientSession:
         target = forward_target(request, upgrade)
         key = self.key = host_key(target.host, target.port)
         settings = self.context.settings
+        if settings.tenant_by == BY_HEADER:  # it names the tenant to dprl alone
+            rewrite.drop_field(request, settings.tenant_header.lower())
         if self._response_timer is None and settings.upstream_timeout:
             self._response_timer = gevent.Timeout(settings.upstream_timeout)
         for _ in range(2):
             upstream, reused = self._upstream_for(target, key)
             if reused:  # a request on a kept-alive connection takes a token of its own
-                self.context.limiter.pace(key)
+                self.context.limiter.pace(key, tenant=self.tenant)
             exchange = ForwardExchange(
                 self.client,
                 upstream.endpoint,
@@ -299,7 +310,7 @@ class ClientSession:
         context = self.context
         watch = self.client.watch_gone if context.limiter.waiting.policy.timeout else None
         upstream = UpstreamConnection.open(
-            context.limiter, context.dialer, target, key, self._peer_address, context.log, watch, tunnel
+            context.limiter, context.dialer, target, key, self._peer_address, context.log, watch, tunnel, self.tenant
         )
         if context.settings.access_log:
             upstream.access_level = logging.INFO
@@ -315,6 +326,15 @@ class ClientSession:
     def _refuse(self, exc: LimitExceeded | LimiterUnavailable, keep: bool, unread_body: bool) -> bool:
         """At the cap: --reject-status, with Retry-After when --retry-after asks for it."""
         context, settings = self.context, self.context.settings
+        if self.tenant:
+            reason = exc.reason if isinstance(exc, LimitExceeded) else Reason.LIMITER_UNAVAILABLE
+            context.stats.tenant_refused(self.tenant, reason)
+        if isinstance(exc, TenantShareExceeded):
+            context.refusals.record(f"to {exc.key}: tenant {exc.tenant}'s share reached")
+            context.stats.refused(exc.key, exc.reason)
+            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections): {exc.detail}"
+            extra = [("Retry-After", str(settings.retry_after))] if settings.retry_after else None
+            return self._send_answer(settings.reject_status, message, keep, extra, unread_body)
         if isinstance(exc, RateExceeded):
             context.refusals.record(f"to {exc.key}: rate {exc.rate} reached")
             context.stats.refused(exc.key, exc.reason)

@@ -15,6 +15,7 @@ import secrets
 
 from ..limits.hosts import SHARED, HostKey
 from ..limits.limiter import count_down
+from ..limits.tenants import TENANT, tenant_key
 from .keys import KeySpace
 from .leases import LeaseBook
 from .topology import Shard
@@ -29,21 +30,30 @@ class WorkerCounts:
         self.local: dict[HostKey, int] = {}  # slots counted by this worker, held or in flight
         self.fleet_seen: dict[HostKey, int] = {}  # fleet-wide counts in the last replies (for operators)
         self.touched: set[HostKey] = set()  # keys to refresh even at count 0 (clears leftovers)
+        self.tenants_seen: dict[HostKey, dict[str, int]] = {}  # fleet-wide per tenant, as last seen
         # Epoch marker key -> the epoch this worker last saw there. Keyed by marker, not by
         # node: in a Cluster a marker moves with its slot when it is resharded.
         self.epochs: dict[str, str] = {}
         self._proposal = secrets.token_hex(8)  # the epoch a missing marker gets (see epoch_args)
 
-    def count(self, key: HostKey) -> None:
+    def count(self, key: HostKey, tenant: str = "") -> None:
         self.local[key] = self.local.get(key, 0) + 1
         tag = self.keyspace.tag(key)
         if tag != key:  # and the shared cap's own count
             self.local[tag] = self.local.get(tag, 0) + 1
+        if tenant:  # and the tenant's at this host
+            counted = tenant_key(tenant, key)
+            self.local[counted] = self.local.get(counted, 0) + 1
 
-    def uncount(self, key: HostKey) -> None:
+    def uncount(self, key: HostKey, tenant: str = "") -> None:
         tag = self.keyspace.tag(key)
         if tag != key:
-            self.uncount(tag)
+            self._count_down(tag)
+        if tenant:
+            self._count_down(tenant_key(tenant, key))
+        self._count_down(key)
+
+    def _count_down(self, key: str) -> None:
         if count_down(self.local, key):
             self.touched.add(key)  # refresh it once more, at 0, to clear any leftover
             self.leases.dropped(key)
@@ -60,10 +70,14 @@ class WorkerCounts:
         return keys
 
     def process_counts(self) -> dict[HostKey, int]:
-        return {key: n for key, n in self.local.items() if n and not key.startswith(SHARED)}
+        return {key: n for key, n in self.local.items() if n and not key.startswith((SHARED, TENANT))}
 
     def seen_fleet_counts(self) -> dict[HostKey, int]:
-        return {key: n for key, n in self.fleet_seen.items() if not key.startswith(SHARED)}
+        return {key: n for key, n in self.fleet_seen.items() if not key.startswith((SHARED, TENANT))}
+
+    def tenant_counts(self, key: HostKey) -> dict[str, int]:
+        """Fleet-wide per tenant at ``key``, as last seen in acquire's replies."""
+        return self.tenants_seen.get(key, {})
 
     # epochs ----------------------------------------------------------------------------
     def epoch_args(self, key: HostKey) -> tuple[str, str]:

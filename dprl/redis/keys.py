@@ -11,6 +11,7 @@ both.
 from __future__ import annotations
 
 from ..limits.hosts import SHARED, HostKey, HostLimits
+from ..limits.tenants import TENANT, TenantShares, split_tenant_key, tenant_key
 from .scripts import ACQUIRE, PACE, RELEASE, Script
 from .topology import Shard, Topology
 
@@ -18,20 +19,25 @@ _QUEUED = (ACQUIRE, RELEASE)  # scripts that also see the host's queue (KEYS[4],
 
 
 class KeySpace:
-    def __init__(self, prefix: str, limits: HostLimits, topology: Topology) -> None:
+    def __init__(
+        self, prefix: str, limits: HostLimits, topology: Topology, tenants: TenantShares | None = None
+    ) -> None:
         self.prefix = prefix
         self.limits = limits
         self.topology = topology
+        self.tenants = tenants or TenantShares()
         # script_keys' answers, worked out once per host and script while the limits (and
         # so the shared caps, which decide the tags) stay as they are
         self._script_keys: dict[tuple[str, HostKey, bool], tuple[str, ...]] = {}
-        self._generation = limits.generation
+        self._generation = (limits.generation, self.tenants.generation)
 
     def tag(self, key: HostKey) -> str:
         """The hash tag of ``key``'s keys: the host itself, or its shared cap's
         (``shared:NAME``, which is also the key of the cap's own count): its waiting line."""
         if key.startswith(SHARED):
             return key
+        if key.startswith(TENANT):  # a tenant's count at a host lives beside the host's
+            return self.limits.policy_for(split_tenant_key(key)[1]).line
         return self.limits.policy_for(key).line
 
     def keys(self, key: HostKey) -> tuple[str, str, str]:
@@ -44,6 +50,8 @@ class KeySpace:
         """The fleet's queue of ``key``'s line (tickets by arrival; a shared cap's hosts share
         one) and the waiting leases of its workers."""
         tag = self.tag(key)
+        if key.startswith(TENANT):  # the tenant's own line at the host (the fair order reads them all)
+            return f"{self.prefix}:{{{tag}}}:{key}:queue", f"{self.prefix}:{{{tag}}}:waiting"
         return f"{self.prefix}:{{{tag}}}:queue", f"{self.prefix}:{{{tag}}}:waiting"
 
     def rate_key(self, key: HostKey) -> str:
@@ -56,15 +64,18 @@ class KeySpace:
         """Acquire also sees the host's rate (KEYS[4]); acquire and release see the queue,
         and a shared cap's own count (after the queue). ``bare``: without the queue's keys
         (a Cluster slot being migrated, see routing.py), when there is no shared cap."""
-        if self._generation != self.limits.generation or len(self._script_keys) >= 10000:
+        generation = (self.limits.generation, self.tenants.generation)
+        if self._generation != generation or len(self._script_keys) >= 10000:
             self._script_keys = {}
-            self._generation = self.limits.generation
+            self._generation = generation
         cached = self._script_keys.get((script.name, key, bare))
         if cached is None:
             cached = self._script_keys[(script.name, key, bare)] = self._work_out(script, key, bare)
         return cached
 
     def _work_out(self, script: Script, key: HostKey, bare: bool) -> tuple[str, ...]:
+        if key.startswith(TENANT) and script in _QUEUED:
+            return self._tenant_keys(script, key, bare)
         if script is PACE:  # the host's rate, and its shared cap's (pace.lua skips one it has not)
             tag = self.tag(key)
             return (self.rate_key(key),) if tag == key else (self.rate_key(key), self.rate_key(tag))
@@ -78,6 +89,19 @@ class KeySpace:
             return keys if bare else keys + self.queue_keys(key)
         shared = self.keys(tag)[:2] + ((self.rate_key(tag),) if script is ACQUIRE else ())
         return keys + self.queue_keys(key) + shared
+
+    def _tenant_keys(self, script: Script, counted: str, bare: bool) -> tuple[str, ...]:
+        """A tenant's acquire or release: the host's keys, then (acquire) every tenant's
+        counts, leases and queue, or (release) the tenant's counts and leases and every
+        tenant's queue (acquire.lua, release.lua)."""
+        _, host = split_tenant_key(counted)
+        keys = self._work_out(script, host, bare)
+        names = [tenant_key(name, host) for name in self.tenants.names]
+        if script is ACQUIRE:
+            for name in names:
+                keys += (*self.keys(name)[:2], self.queue_keys(name)[0])
+            return keys
+        return keys + self.keys(counted)[:2] + tuple(self.queue_keys(name)[0] for name in names)
 
     def marker(self, key: HostKey) -> str:
         return self.topology.marker(self.tag(key))

@@ -15,6 +15,7 @@ pieces this class wires together each live in a room of their own:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -25,10 +26,18 @@ from typing import NamedTuple
 
 import gevent
 
-from ..errors import LimiterUnavailable, LimitExceeded, RateExceeded, RedisUnavailable
+from ..errors import (
+    LimiterUnavailable,
+    LimitExceeded,
+    QueueTimeout,
+    RateExceeded,
+    RedisUnavailable,
+    TenantShareExceeded,
+)
 from ..limits.hosts import SHARED, HostKey, HostLimits
 from ..limits.limiter import Limiter, Slot
 from ..limits.rates import Rate, RateBook, rates_text
+from ..limits.tenants import TENANT, ceiling, split_tenant_key, tenant_key
 from ..limits.waiting import Waiter, Watch
 from ..stats import ProxyStats
 from .address import RedisDeployment
@@ -52,6 +61,7 @@ class Attempt(NamedTuple):
     wake_next: bool = False  # another waiter of this worker may go too
     shared_cap: str = ""  # the shared cap that refused, if it was one
     rate_wait: float = 0.0  # seconds until the caller's token, when the rate (not a cap) refused it
+    by_tenant: bool = False  # refused by the tenants' rules (its max, or others first in fair order)
 
 
 def _rate_args(rate: Rate | None) -> tuple[str, str]:
@@ -99,8 +109,10 @@ class RedisLimiter(Limiter):
         self._poll = min(1.0, lease_ttl / 3)  # the oldest waiter's safety poll (and waiting lease renewal)
         self._local_rates = RateBook()  # --on-redis-error local: this process paces alone
         self._token_at: dict[HostKey, float] = {}  # each rated host's next token, as last seen (monotonic)
+        self._tenant_args_cache: dict[tuple[int, str], tuple[object, ...]] = {}
+        self._tenant_args_generation = -1
         self.topology: Topology = make_topology(deployment, prefix, timeout, f"dprl:{self.worker}", self._setup_shard)
-        self.keyspace = KeySpace(prefix, limits, self.topology)
+        self.keyspace = KeySpace(prefix, limits, self.topology, self.tenants)
         # Act on a lapsing lease this long before Redis would drop it.
         self.leases = LeaseBook(lease_ttl, min(0.25, lease_ttl / 10), lambda shard: self.counts.held_on(shard))
         self.counts = WorkerCounts(self.keyspace, self.leases)
@@ -127,7 +139,7 @@ class RedisLimiter(Limiter):
         self._subscriber = Subscriber(
             self.topology.wake_address,
             {
-                self._wake_prefix + self.worker: self.waiting.wake_oldest,
+                self._wake_prefix + self.worker: self.waiting.wake_message,
                 limits_channel(prefix): self.limit_sync.on_message,
             },
             timeout,
@@ -150,10 +162,11 @@ class RedisLimiter(Limiter):
         )
 
     # admission -------------------------------------------------------------------------
-    def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
+    def acquire(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> Slot:
         limit = self.limits.limit_for(key)
+        tenant = self.tenants.tenant(tenant) if limit and self.tenants.enabled else ""
         self.counts.touched.add(key)
-        attempt = self._attempt(key, limit)
+        attempt = self._attempt(key, limit, tenant)
         if attempt.slot is not None:
             return attempt.slot
         timeout = self.waiting.policy.timeout
@@ -166,18 +179,36 @@ class RedisLimiter(Limiter):
             cap = self.limits.shared_cap_for(key) if attempt.shared_cap else None
             if cap is not None:
                 raise LimitExceeded(key, cap.limit, attempt.shared_cap)
+            if attempt.by_tenant:
+                raise self._share_refusal(key, limit, tenant)
             raise LimitExceeded(key, limit)
-        return self._wait(key, limit, watch)
+        return self._wait(key, limit, watch, tenant)
 
-    def _wait(self, key: HostKey, limit: int, watch: Watch | None) -> Slot:
+    def _share_refusal(self, key: HostKey, limit: int, tenant: str) -> TenantShareExceeded:
+        held = self.counts.tenant_counts(key).get(tenant, 0)
+        ceiling_ = ceiling(limit, self.tenants.share(tenant))
+        if held >= ceiling_:
+            return TenantShareExceeded(key, limit, tenant, f"tenant {tenant} holds {held}, its max (fleet-wide)")
+        detail = f"tenant {tenant} holds {held} fleet-wide; the free slots go to tenants below their guarantee"
+        return TenantShareExceeded(key, limit, tenant, detail)
+
+    def tenant_counts(self, key: HostKey) -> dict[str, int]:
+        return {t: n for t, n in self.counts.tenant_counts(key).items() if n}
+
+    def tenant_hosts(self) -> Iterable[HostKey]:
+        """Hosts whose tenants' counts were last seen above zero, or that this worker holds."""
+        seen = [key for key, held in list(self.counts.tenants_seen.items()) if any(held.values())]
+        return {*seen, *self.counts.process_counts()}
+
+    def _wait(self, key: HostKey, limit: int, watch: Watch | None, tenant: str = "") -> Slot:
         """Wait in the fleet's queue of ``key``: the first attempt with a ticket enqueues it
         (arrival order by Redis's clock); then the waiter asks again when woken (a slot
         freed for it), and this process's oldest waiter of the host also every poll
         interval (lost wake-ups; it renews the worker's waiting lease too)."""
         waiting = self.waiting
-        waiter = waiting.enter(key, limit, self.keyspace.tag(key))
+        waiter = waiting.enter(key, limit, self.keyspace.tag(key), tenant)
         self._tickets += 1
-        waiter.ticket = f"{self.worker}|{self._tickets:012d}"
+        waiter.ticket = f"{self.worker}|{self._tickets:012d}" + (f"|{tenant}" if tenant else "")
         deadline = waiter.arrived + waiting.policy.timeout
         enqueued = False
         slot: Slot | None = None
@@ -185,7 +216,7 @@ class RedisLimiter(Limiter):
         try:
             with watch() if watch is not None else contextlib.nullcontext() as gone:
                 while True:
-                    attempt = self._attempt(key, limit, waiter)
+                    attempt = self._attempt(key, limit, tenant, waiter)
                     slot = attempt.slot
                     if slot is not None:
                         if attempt.wake_next:
@@ -198,16 +229,22 @@ class RedisLimiter(Limiter):
                             rate = rates_text(self.limits.rates_for(key))
                             raise RateExceeded(key, rate, attempt.rate_wait, "its token comes after --queue-timeout")
                         poll = min(poll or attempt.rate_wait, attempt.rate_wait)
-                    waiting.wait(waiter, limit, deadline, gone, poll)
+                    try:
+                        waiting.wait(waiter, limit, deadline, gone, poll)
+                    except QueueTimeout as exc:
+                        if attempt.by_tenant:  # held back by the shares: that is the reason
+                            raise self._share_refusal(key, limit, tenant) from exc
+                        raise
         finally:
             waiting.leave(waiter)
             self.stats.queue_waited(time.monotonic() - waiter.arrived)
             if slot is None and enqueued:
-                self._leave_queue(key, waiter.ticket)
+                self._leave_queue(tenant_key(tenant, key) if tenant else key, waiter.ticket)
 
     def _leave_queue(self, key: HostKey, ticket: str) -> None:
         """Give up a place in the fleet's queue (bounded by the Redis timeout). If Redis
-        cannot be told, the ticket is retried at each refresh: a ghost never blocks others."""
+        cannot be told, the ticket is retried at each refresh: a ghost never blocks others.
+        ``key``: the host's, or a tenant's at the host (its own line there)."""
         line = self.keyspace.tag(key)
         last = "1" if line not in self.waiting.hosts else "0"
         shard = self.keyspace.shard_of(key)
@@ -215,7 +252,8 @@ class RedisLimiter(Limiter):
             self._lost_tickets[ticket] = key
             return
         try:
-            shard.runner.run(LEAVE, self.keyspace.queue_keys(key), (ticket, self._wake_prefix, line, last))
+            message = f"{line}|{split_tenant_key(key)[0]}" if key.startswith(TENANT) else line
+            shard.runner.run(LEAVE, self.keyspace.queue_keys(key), (ticket, self._wake_prefix, message, last))
             self._lost_tickets.pop(ticket, None)
         except FAILURES as exc:
             self.stats.redis_error(failure_kind(exc))
@@ -225,31 +263,31 @@ class RedisLimiter(Limiter):
         for ticket, key in list(self._lost_tickets.items()):
             self._leave_queue(key, ticket)
 
-    def _attempt(self, key: HostKey, limit: int, waiter: Waiter | None = None) -> Attempt:
+    def _attempt(self, key: HostKey, limit: int, tenant: str = "", waiter: Waiter | None = None) -> Attempt:
         """One admission; ``waiter``: ask with its ticket (enqueued if refused)."""
         policy = self.limits.policy_for(key)  # its line is the hash tag of its keys
         try:
             shard = self.topology.shard_for(policy.line)
         except RedisUnavailable as exc:
-            return Attempt(self._fallback(key, limit, str(exc)))
+            return Attempt(self._fallback(key, limit, str(exc), tenant))
         refusal = self._refusal(shard)
         if refusal:
-            return Attempt(self._fallback(key, limit, refusal))
+            return Attempt(self._fallback(key, limit, refusal, tenant))
         abandoned = False
         sent_at = 0.0
 
         def count() -> None:
             nonlocal sent_at
             sent_at = time.monotonic()
-            self.counts.count(key)  # counted as the acquire leaves, in order with the refreshes
+            self.counts.count(key, tenant)  # counted as the acquire leaves, in order with the refreshes
 
         def on_reply(reply: Reply) -> None:
             # Runs in the channel's reader as the reply arrives: no refresh sees it half-done.
             admitted = not isinstance(reply, BaseException) and reply[0] == 1
             if not admitted:
-                self.counts.uncount(key)  # refused, not run (NOSCRIPT, MOVED), or unknown: a refresh settles it
+                self.counts.uncount(key, tenant)  # refused, not run (NOSCRIPT, MOVED), or unknown: a refresh settles it
             elif abandoned:
-                gevent.spawn(self._release, key)  # the caller was killed while waiting
+                gevent.spawn(self._release, tenant, key)  # the caller was killed while waiting
 
         known, new = self.counts.epoch_args(key)
         ticket, last, line, cap, rate = "", "0", policy.line, policy.cap, policy.rate
@@ -260,14 +298,17 @@ class RedisLimiter(Limiter):
         interval, tolerance = _rate_args(rate)
         shared_limit = cap.limit if cap else ""
         shared_interval, shared_tolerance = _rate_args(cap.rate if cap else None)
-        args = (
+        args: tuple[object, ...] = (
             *(self.worker, limit, lease, ttl, known, new, ticket, wake, line, last, shared_limit),
             *(interval, tolerance, shared_interval, shared_tolerance),
         )
+        if tenant:
+            args += self._tenant_args(limit, tenant)
         try:
-            shard, raw = self.router.run(shard, key, ACQUIRE, args, count, on_reply)
+            routed = tenant_key(tenant, key) if tenant else key  # its keys: the host's and the tenants'
+            shard, raw = self.router.run(shard, routed, ACQUIRE, args, count, on_reply)
         except FAILURES as exc:  # the shard that failed is marked down (see Router.run)
-            return Attempt(self._fallback(key, limit, str(exc)))
+            return Attempt(self._fallback(key, limit, str(exc), tenant))
         except BaseException:
             abandoned = True
             raise
@@ -279,19 +320,23 @@ class RedisLimiter(Limiter):
         if rate is not None or shared_interval:  # for operators: the next token as last seen
             self._token_at[key] = time.monotonic() + reply.next_token_us / 1e6
         self.counts.learn_epoch(key, reply.epoch)
+        if tenant:
+            held = reply.tenants_held
+            self.counts.tenants_seen[key] = {held[i].decode(): int(held[i + 1]) for i in range(0, len(held), 2)}
         if reply.admitted == -1:
             refresher.data_lost(shard)
-            return Attempt(self._fallback(key, limit, "re-asserting counts after Redis lost data"))
+            return Attempt(self._fallback(key, limit, "re-asserting counts after Redis lost data", tenant))
         if not reply.admitted:
             shared_cap = cap.name if reply.by_shared and cap is not None else ""
-            return Attempt(None, shared_cap=shared_cap, rate_wait=reply.rate_wait_us / 1e6)
+            rate_wait = reply.rate_wait_us / 1e6
+            return Attempt(None, shared_cap=shared_cap, rate_wait=rate_wait, by_tenant=bool(reply.by_tenant))
         if reply.own_before < 0:  # this admission gave the worker its lease on key
             self.leases.created(shard, key, sent_at)
         else:
             self.leases.admitted(key, sent_at)
         if waiter is not None and self.router.queue_skipped:  # its ticket is still queued: give it up
             gevent.spawn(self._leave_queue, key, waiter.ticket)
-        slot = Slot(key, self._release, shared=True)
+        slot = Slot(key, functools.partial(self._release, tenant), shared=True)
         if self.wait_replicas:
             self._wait_for_replicas(shard, slot)
         return Attempt(slot, wake_next=reply.wake_self == 1)
@@ -310,7 +355,23 @@ class RedisLimiter(Limiter):
             shard.probing = True  # this caller probes; the others use the policy meanwhile
         return ""
 
-    def _fallback(self, key: HostKey, limit: int, reason: str) -> Slot:
+    def _tenant_args(self, limit: int, tenant: str) -> tuple[object, ...]:
+        """acquire.lua's tenant arguments: "1", the caller's tenant, and each tenant's name,
+        weight and ceiling (in slots of ``limit``)."""
+        tenants = self.tenants
+        cached = self._tenant_args_cache.get((limit, tenant))
+        if cached is None or self._tenant_args_generation != tenants.generation:
+            if self._tenant_args_generation != tenants.generation:
+                self._tenant_args_cache = {}
+                self._tenant_args_generation = tenants.generation
+            every: list[object] = []
+            for name in tenants.names:
+                share = tenants.share(name)
+                every += [name, f"{share.weight:g}", ceiling(limit, share)]
+            cached = self._tenant_args_cache[(limit, tenant)] = ("1", tenant, len(tenants.names), *every)
+        return cached
+
+    def _fallback(self, key: HostKey, limit: int, reason: str, tenant: str = "") -> Slot:
         if self.on_error == "reject":
             raise LimiterUnavailable(f"Redis unavailable ({reason})")
         if self.on_error == "local" and limit and self.counts.held(key) >= limit:
@@ -321,8 +382,11 @@ class RedisLimiter(Limiter):
         if self.on_error == "local":
             self._pace_locally(key)
         # Counted here, not in Redis: the next refresh adds it there once Redis is back.
-        self.counts.count(key)
-        return Slot(key, self.counts.uncount)
+        self.counts.count(key, tenant)
+        return Slot(key, functools.partial(self._uncount_as, tenant))
+
+    def _uncount_as(self, tenant: str, key: HostKey) -> None:
+        self.counts.uncount(key, tenant)
 
     def _pace_locally(self, key: HostKey) -> None:
         """--on-redis-error local: this process paces the host at the configured rates alone."""
@@ -331,9 +395,9 @@ class RedisLimiter(Limiter):
         if wait:
             raise RateExceeded(key, rates_text(rates), wait)
 
-    def pace(self, key: HostKey, watch: Watch | None = None) -> None:
+    def pace(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> None:
         """A token for a request on a kept-alive connection: ``pace.lua``, fleet-wide (of the
-        host's rate and its shared cap's)."""
+        host's rate and its shared cap's; tenants' parts of a rate are kept in local mode only)."""
         rate = self.limits.rate_for(key)
         cap = self.limits.shared_cap_for(key)
         if rate is None and (cap is None or cap.rate is None):
@@ -379,7 +443,7 @@ class RedisLimiter(Limiter):
             slot.release()
             raise LimiterUnavailable(f"only {acknowledged} of {self.wait_replicas} replicas confirmed the admission")
 
-    def _release(self, key: HostKey) -> None:
+    def _release(self, tenant: str, key: HostKey) -> None:
         """Send the release and wait for it (bounded by the Redis timeout).
 
         Waiting keeps the client's view and the fleet's in step: its connection closes
@@ -390,7 +454,7 @@ class RedisLimiter(Limiter):
         """
         shard = self.keyspace.shard_of(key)
         if shard is None or not shard.healthy or time.monotonic() < shard.down_until:
-            self.counts.uncount(key)  # Redis keeps an extra count until the next refresh
+            self.counts.uncount(key, tenant)  # Redis keeps an extra count until the next refresh
             return
         in_flight = settled = False
 
@@ -404,7 +468,7 @@ class RedisLimiter(Limiter):
             if is_noscript(reply) or is_redirect(reply):
                 return  # not run: sent again once the script is loaded, or to the right node
             settled = True
-            self.counts.uncount(key)
+            self.counts.uncount(key, tenant)
             if reply == -1:
                 self.refresher.wake()  # Redis had no count of ours: it lost data
             elif reply == -2:
@@ -412,13 +476,16 @@ class RedisLimiter(Limiter):
 
         known, _ = self.counts.epoch_args(key)
         try:
-            args = (self.worker, known, self._wake_prefix, self.keyspace.tag(key))
-            self.router.run(shard, key, RELEASE, args, sent, on_reply)
+            args: tuple[object, ...] = (self.worker, known, self._wake_prefix, self.keyspace.tag(key))
+            routed = key
+            if tenant:
+                args, routed = (*args, len(self.tenants.names)), tenant_key(tenant, key)
+            self.router.run(shard, routed, RELEASE, args, sent, on_reply)
         except FAILURES:
             pass  # Redis may keep an extra count until the next refresh
         finally:
             if not in_flight and not settled:
-                self.counts.uncount(key)  # never sent, or not run: no reply will settle it
+                self.counts.uncount(key, tenant)  # never sent, or not run: no reply will settle it
 
     # lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

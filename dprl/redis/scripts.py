@@ -155,10 +155,12 @@ class AcquireReply(NamedTuple):
     by_shared: int  # 1 if refused by the shared cap rather than the host's own
     rate_wait_us: int  # µs until the caller's token when the rate (not a cap) refused it, else 0
     next_token_us: int  # µs until the host's next token after this call (0: one is there, or no rate)
+    by_tenant: int  # 1 if refused by the tenants' rules
+    tenants_held: list  # [tenant, fleet count, ...] at the host (tenants configured), else empty
 
     @classmethod
     def parse(cls, reply: object) -> AcquireReply:
-        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these nine
+        return cls(*reply)  # type: ignore[misc]  # the script returns exactly these eleven
 
 
 class RefreshReply(NamedTuple):

@@ -24,12 +24,14 @@ from ..limits.hosts import SHARED, HostKey, HostLimits, SharedCap
 from ..limits.limiter import Admission, Slot
 from ..limits.memory import MemoryLimiter
 from ..limits.rates import Rate
+from ..limits.tenants import TenantShares
 from ..limits.waiting import Watch
 from ..stats import ProxyStats
 from .seat import Seat
 from .slot_table import SlotTable, TableFull
 
 POLL = 0.1  # seconds between re-checks of the lines this worker waits on
+TENANTS_UNSUPPORTED = "tenant shares are not supported with --workers in local mode yet (use one worker, or Redis)"
 
 
 def wake_address(prefix: str, index: int) -> bytes:
@@ -56,19 +58,20 @@ class MachineLimiter(MemoryLimiter):
         self.table = SlotTable(seat.table_fd, seat.index)
         self.table.forget(seat.index)  # a column left by a predecessor the supervisor could not clear
         self._heads: dict[str, int] = {}  # line -> arrival (ns) of our oldest waiter, as published
+        self.tenants = TenantShares(unsupported=TENANTS_UNSUPPORTED)
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._inbox: gevent.socket.socket | None = None
         self._listener: gevent.Greenlet | None = None
 
     # the counts ------------------------------------------------------------------------
-    def acquire(self, key: HostKey, watch: Watch | None = None) -> Slot:
+    def acquire(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> Slot:
         try:
-            return super().acquire(key, watch)
+            return super().acquire(key, watch)  # no tenants here (see __init__)
         except TableFull as exc:
             raise LimiterUnavailable(str(exc)) from None
 
-    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int) -> Admission:
+    def _try_take(self, key: HostKey, limit: int, cap: SharedCap | None, since: int, tenant: str = "") -> Admission:
         rates = self.limits.rates_for(key)
         if cap is None:
             verdict = self.table.take(key, limit, since=since, rates=rates)
@@ -97,7 +100,7 @@ class MachineLimiter(MemoryLimiter):
                     out[key] = self.table.eta(key, rate, 0)
         return out
 
-    def _uncount(self, key: HostKey, group: str) -> None:
+    def _uncount(self, key: HostKey, group: str, tenant: str = "") -> None:
         shared = SHARED + group if group else ""
         self._wake(self.table.give_back(key, shared), shared or key)
 

@@ -54,10 +54,10 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     wait_for(accepts, timeout, f"a listener on port {port}", interval=0.02)
 
 
-def read_head(sock: socket.socket) -> bytes:
-    """Bytes up to and including the first CRLF CRLF (or what came before a close)."""
+def read_head(sock: socket.socket, end: bytes = b"\r\n\r\n") -> bytes:
+    """Bytes up to and including the first ``end`` (CRLF CRLF: a head), or what came before a close."""
     data = b""
-    while b"\r\n\r\n" not in data:
+    while end not in data:
         chunk = sock.recv(1)
         if not chunk:
             break

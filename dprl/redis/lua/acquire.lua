@@ -23,11 +23,18 @@
 --          tolerance tau = (burst - 1) * T, µs: GCRA as in dprl/limits/rates.py, on Redis's clock
 -- KEYS[9]  the shared cap's rate hash (with KEYS[7], [8]), ARGV[14], ARGV[15]  its T and tau
 --          ("" = the shared cap has no rate): one rate for all of its hosts
+-- ARGV[16] "1" if tenants divide the host's own cap ("" = no tenants: the rest is absent);
+-- ARGV[17] the caller's tenant, ARGV[18] how many tenants (n), then for each (ARGV[19 + 3(j-1)]..):
+--          its name, weight and ceiling (its max, in slots). The last 3n KEYS are each tenant's
+--          counts hash, leases zset and queue zset at this host (tickets "worker|seq|tenant",
+--          each in its tenant's queue). The fair order of dprl/limits/tenants.py replaces
+--          arrival order, and the caller's tenant must stay under its ceiling.
 -- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
 --          live waiters ahead of the ticket, 1 if another waiter of this worker may go now,
 --          1 if refused by the shared cap rather than the host's own,
 --          µs until this caller's token when the rate (not a cap) refused it, else 0,
---          µs until the host's next token after this call (0: one is there, or no rate)}
+--          µs until the host's next token after this call (0: one is there, or no rate),
+--          1 if refused by the tenants' rules, {tenant, held, ...} (no tenants: empty)}
 --   admitted: 1, 0 (at the limit or the rate), or -1: the marker is missing or is not the
 --   epoch this worker knows, so this store lost data (restart, FLUSHALL, failover) and
 --   counts held elsewhere may be missing: nothing is admitted until holders re-asserted them.
@@ -39,10 +46,10 @@ if not epoch then
   epoch = ARGV[6]
   redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4])
   if ARGV[5] ~= '' then
-    return {-1, 0, -1, epoch, 0, 0, 0, 0, 0}
+    return {-1, 0, -1, epoch, 0, 0, 0, 0, 0, 0, {}}
   end
 elseif ARGV[5] ~= '' and epoch ~= ARGV[5] then
-  return {-1, 0, -1, epoch, 0, 0, 0, 0, 0}
+  return {-1, 0, -1, epoch, 0, 0, 0, 0, 0, 0, {}}
 end
 local now, now_us = redis_clock()
 -- Read everything first, write after: a key emptied by a write must not be touched again
@@ -143,11 +150,101 @@ end
 local rated = #rates > 0
 local admitted = 0
 local ahead, wake_self = 0, 0
+-- Tenants (ARGV[16]): each one's fleet-wide count here, read like the host's.
+local tenanted = ARGV[16] ~= nil and ARGV[16] ~= '' and limit > 0
+local tenants, by_name, me = {}, {}, nil
+local refused_by_tenant = 0
+local last_host_key = #KEYS
+if ARGV[16] ~= nil and ARGV[16] ~= '' then
+  last_host_key = #KEYS - 3 * tonumber(ARGV[18])
+end
+if tenanted then
+  for j = 1, tonumber(ARGV[18]) do
+    local at, k = 19 + 3 * (j - 1), last_host_key + 3 * (j - 1)
+    local t = {name = ARGV[at], weight = tonumber(ARGV[at + 1]), ceiling = tonumber(ARGV[at + 2]),
+               counts = KEYS[k + 1], leases = KEYS[k + 2], queue = KEYS[k + 3], live = {}, dead = {}}
+    t.held, t.own, t.expired = read_count(t.counts, t.leases)
+    tenants[j] = t
+    by_name[t.name] = t
+  end
+  me = by_name[ARGV[17]]
+  if me == nil then
+    tenanted = false
+  end
+end
 -- KEYS[5] and KEYS[6] may be left out (a Cluster slot being migrated, see limiter.py): no queue then
-local has_queue = KEYS[5] ~= nil
-local queued = has_queue and room ~= nil and redis.call('ZCARD', KEYS[5]) > 0
+local has_queue = last_host_key >= 6
 local live, mine, dead = {}, nil, {}
-if queued then
+local order = {}  -- the live waiters in the order free slots go to them
+if tenanted then
+  -- Each tenant's queue head: its live waiters (oldest first, with their arrival).
+  local alive = {}
+  local my_at = now_us
+  for _, t in ipairs(tenants) do
+    if has_queue then
+      local head = redis.call('ZRANGE', t.queue, 0, room + 31, 'WITHSCORES')
+      for i = 1, #head, 2 do
+        local ticket = head[i]
+        local worker = ticket_worker(ticket)
+        if alive[worker] == nil then
+          alive[worker] = tonumber(redis.call('ZSCORE', KEYS[6], worker) or 0) > now
+        end
+        if ticket == ARGV[7] then
+          mine = #t.live
+          my_at = tonumber(head[i + 1])
+        elseif alive[worker] then
+          t.live[#t.live + 1] = {ticket = ticket, at = tonumber(head[i + 1])}
+        else
+          t.dead[#t.dead + 1] = ticket
+        end
+      end
+    end
+  end
+  -- Guarantees among the tenants that want the host (holding, waiting, or asking).
+  local wanting = 0
+  for _, t in ipairs(tenants) do
+    t.wants = t.held > 0 or #t.live > 0 or t == me
+    if t.wants then
+      wanting = wanting + t.weight
+    end
+  end
+  for _, t in ipairs(tenants) do
+    t.guarantee = 0
+    if t.wants then
+      t.guarantee = math.floor(limit * t.weight / wanting + 1e-9)
+    end
+    -- its k-th waiter's place: held + k - guarantee (lower first, then arrival), if it fits
+    for k, entry in ipairs(t.live) do
+      if t.held + k - 1 < t.ceiling then
+        order[#order + 1] = {ticket = entry.ticket, place = t.held + k - 1 - t.guarantee, at = entry.at}
+      end
+    end
+  end
+  table.sort(order, function(a, b)
+    if a.place ~= b.place then
+      return a.place < b.place
+    end
+    return a.at < b.at
+  end)
+  local my_k = mine or #me.live
+  local my_place = me.held + my_k - me.guarantee
+  for _, o in ipairs(order) do
+    if o.place < my_place or (o.place == my_place and o.at < my_at) then
+      ahead = ahead + 1
+    end
+  end
+  if me.held + my_k >= me.ceiling then
+    refused_by_tenant = 1
+    ahead = room
+  elseif ahead >= room and total < limit and (cap_room == nil or ahead < cap_room) then
+    refused_by_tenant = 1  -- room, but owed to waiters before it in the fair order
+  end
+  for _, t in ipairs(tenants) do
+    for _, ticket in ipairs(t.dead) do
+      dead[#dead + 1] = ticket
+    end
+  end
+elseif has_queue and room ~= nil and redis.call('ZCARD', KEYS[5]) > 0 then
   -- The head of the queue, oldest first: live waiters (their worker renewed its waiting
   -- lease) in order, and the entries of dead workers, dropped below.
   local window = math.max(room, 1) + 32
@@ -162,6 +259,7 @@ if queued then
       mine = #live
     elseif alive[worker] then
       live[#live + 1] = ticket
+      order[#order + 1] = {ticket = ticket}
     else
       dead[#dead + 1] = ticket
     end
@@ -171,11 +269,16 @@ if queued then
     ahead = room  -- more waiters than the window shows: this one is not next
   end
 end
+local queued = #order > 0 or #dead > 0 or mine ~= nil
 if room == nil or ahead < room then
   admitted = 1
   add_one(KEYS[1], KEYS[2], own)
   if shared then
     add_one(KEYS[7], KEYS[8], shared_own)
+  end
+  if tenanted then
+    add_one(me.counts, me.leases, me.own)
+    me.held = me.held + 1
   end
 end
 local next_token = 0
@@ -194,28 +297,47 @@ drop_expired(KEYS[1], KEYS[2], expired, admitted)
 if shared then
   drop_expired(KEYS[7], KEYS[8], shared_expired, admitted)
 end
+for _, t in ipairs(tenants) do
+  drop_expired(t.counts, t.leases, t.expired, t == me and admitted or 0)
+end
 if has_queue and (queued or ARGV[7] ~= '') then
-  if #dead > 0 then
+  local queue = KEYS[5]  -- the waiters' line: the host's, or the caller's tenant's
+  if tenanted then
+    queue = me.queue
+    for _, t in ipairs(tenants) do
+      if #t.dead > 0 then
+        redis.call('ZREM', t.queue, unpack(t.dead))
+      end
+    end
+  elseif #dead > 0 then
     redis.call('ZREM', KEYS[5], unpack(dead))
   end
   if admitted == 1 and mine ~= nil then
-    redis.call('ZREM', KEYS[5], ARGV[7])
+    redis.call('ZREM', queue, ARGV[7])
     if ARGV[10] == '1' then
       redis.call('ZREM', KEYS[6], ARGV[1])
     end
   elseif admitted == 0 and ARGV[7] ~= '' then
     if mine == nil then  -- arrival order: Redis's clock, in microseconds
-      redis.call('ZADD', KEYS[5], now_us, ARGV[7])
+      redis.call('ZADD', queue, now_us, ARGV[7])
     end
     redis.call('ZADD', KEYS[6], now + tonumber(ARGV[3]), ARGV[1])
-    redis.call('PEXPIRE', KEYS[5], ARGV[4])
+    redis.call('PEXPIRE', queue, ARGV[4])
     redis.call('PEXPIRE', KEYS[6], ARGV[4])
   end
-  -- Slots still free go to the oldest live waiters: wake their workers (one message each).
+  -- Slots still free go to the first live waiters in order: wake their workers (one message
+  -- each; with tenants the message names the tenant, and a worker is told even of its own).
   local woken = {}
-  for i = 1, math.min((room or 0) - admitted, #live) do
-    local worker = ticket_worker(live[i])
-    if worker == ARGV[1] then
+  for i = 1, math.min((room or 0) - admitted, #order) do
+    local ticket = order[i].ticket
+    local worker = ticket_worker(ticket)
+    if tenanted then
+      local message = ARGV[9] .. '|' .. string.match(ticket, '|([^|]*)$')
+      if not woken[message] then
+        woken[message] = true
+        redis.call('PUBLISH', ARGV[8] .. worker, message)
+      end
+    elseif worker == ARGV[1] then
       wake_self = 1
     elseif not woken[worker] then
       woken[worker] = true
@@ -234,4 +356,10 @@ if rated and admitted == 0 and (cap_room == nil or ahead < cap_room) then
     rate_wait = math.max(rate_wait, 1, math.max(rate.tat, now_us) + ahead * rate.interval - rate.tolerance - now_us)
   end
 end
-return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared, rate_wait, next_token}
+local held = {}
+for _, t in ipairs(tenants) do
+  held[#held + 1] = t.name
+  held[#held + 1] = t.held
+end
+return {admitted, total + admitted, own, epoch, ahead, wake_self, refused_by_shared, rate_wait, next_token,
+        refused_by_tenant, held}

@@ -9,9 +9,9 @@ local function redis_clock()
   return s * 1000 + math.floor(us / 1000), s * 1000000 + us
 end
 
--- The worker of a queue ticket "worker|sequence".
+-- The worker of a queue ticket "worker|sequence" (or "worker|sequence|tenant").
 local function ticket_worker(ticket)
-  return string.match(ticket, '^(.*)|')
+  return string.match(ticket, '^([^|]*)|')
 end
 
 -- Wake the worker of the first ticket in `tickets` whose worker's waiting lease (in the

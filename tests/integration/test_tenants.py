@@ -1,0 +1,232 @@
+"""Tenants: guaranteed shares of a host's cap, idle share lent, fair order of waiters.
+
+Measured at an upstream that tags each connection with its tenant: the cap is never
+exceeded, a tenant that comes back gets its guarantee within one hold time, weights split
+the cap, ``max`` caps a tenant on an idle host, and every slot comes back.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from dprl import DistributedProxyRateLimiter, ProxyRateLimiter
+
+from ..support.network import free_port, read_head, wait_for
+from ..support.redis_server import RedisServer
+from ..support.tenant_load import TenantClient, TenantUpstream, percentile
+from ..support.upstream import RawOrigin, read_request_head
+
+
+@pytest.fixture
+def tenant_upstream() -> TenantUpstream:
+    server = TenantUpstream()
+    yield server
+    server.close()
+
+
+def _run(clients: list[TenantClient]) -> None:
+    for client in clients:
+        client.start()
+
+
+def _stop(stop: threading.Event, clients: list[TenantClient]) -> None:
+    stop.set()
+    for client in clients:
+        client.join(30)
+
+
+def test_a_returning_tenant_gets_its_guarantee_within_one_hold_time(
+    make_proxy: Callable[..., ProxyRateLimiter], tenant_upstream: TenantUpstream
+) -> None:
+    proxy = make_proxy(10, queue_timeout=10, tenant_by="header", tenant_shares={"a": "1", "b": "1"})
+    target = tenant_upstream.authority
+    stop_a, stop_b = threading.Event(), threading.Event()
+    batch = [TenantClient(proxy.port, target, "a", 0.2, stop_a) for _ in range(100)]
+    _run(batch)
+    wait_for(lambda: tenant_upstream.open("a") == 10, 10, "tenant a holding the whole idle cap")
+    interactive = [TenantClient(proxy.port, target, "b", 0.2, stop_b) for _ in range(3)]
+    started = time.monotonic()
+    _run(interactive)
+    time.sleep(3)
+    ended = time.monotonic()
+    _stop(stop_b, interactive)
+    b_left = time.monotonic()
+    wait_for(lambda: tenant_upstream.open("a") == 10, 5, "tenant a back at 10 once b stopped")
+    a_back = time.monotonic() - b_left
+    _stop(stop_a, batch)
+
+    waits = [w for client in interactive for w in client.waits]
+    assert tenant_upstream.max_total <= 10
+    assert not [r for client in interactive for r in client.refused]
+    p50, p99 = percentile(waits, 0.5), percentile(waits, 0.99)
+    print(f"b's wait p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(waits)} connections")
+    assert p99 <= 0.25, f"b's wait p99 {p99:.3f}s > one hold time"
+    steady = started + 0.5
+    assert tenant_upstream.share_of_time_at_least("a", 7, steady, ended) >= 0.9
+    assert tenant_upstream.average("b", steady, ended) >= 2.5
+    assert a_back <= 0.5, f"a reached 10 only {a_back:.2f}s after b left"
+    wait_for(lambda: not proxy.limiter.process_counts(), 5, "every slot back")
+    assert not proxy.limiter.tenant_counts(target)
+
+
+def test_weights_split_the_cap_and_max_caps_a_tenant_on_an_idle_host(
+    make_proxy: Callable[..., ProxyRateLimiter], tenant_upstream: TenantUpstream
+) -> None:
+    proxy = make_proxy(10, queue_timeout=10, tenant_by="header", tenant_shares={"a": "3", "b": "1"})
+    target = tenant_upstream.authority
+    stop = threading.Event()
+    clients = [TenantClient(proxy.port, target, t, 0.1, stop) for t in ("a", "b") for _ in range(30)]
+    _run(clients)
+    wait_for(lambda: tenant_upstream.open("a") + tenant_upstream.open("b") == 10, 10, "the cap in use")
+    start = time.monotonic() + 0.5
+    time.sleep(3)
+    end = time.monotonic()
+    _stop(stop, clients)
+    a, b = tenant_upstream.average("a", start, end), tenant_upstream.average("b", start, end)
+    print(f"a {a:.2f}, b {b:.2f} open on average")
+    assert tenant_upstream.max_total <= 10
+    # the split of the cap (the upstream also sees each hand-over's gap: a close, then the next connect)
+    assert a + b >= 9.0, (a, b)
+    assert 6.8 <= 10 * a / (a + b) <= 8.2, (a, b)
+
+    proxy.set_tenant_share("a", "1:max=50%")
+    idle = TenantUpstream()
+    try:
+        stop = threading.Event()
+        clients = [TenantClient(proxy.port, idle.authority, "a", 0.1, stop) for _ in range(20)]
+        _run(clients)
+        wait_for(lambda: idle.open("a") == 5, 10, "a at its max")
+        time.sleep(1)
+        _stop(stop, clients)
+        assert idle.max_total == 5  # the host is idle otherwise, and a stays at half its cap
+    finally:
+        idle.close()
+
+
+def test_no_queue_refuses_a_tenant_over_its_share_with_the_reason(
+    make_proxy: Callable[..., ProxyRateLimiter], tenant_upstream: TenantUpstream
+) -> None:
+    proxy = make_proxy(4, tenant_by="header", tenant_shares={"a": "1:max=50%", "b": "1"}, admin_port=free_port())
+    target = tenant_upstream.authority
+    held = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", proxy.port))
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Dprl-Tenant: a\r\n\r\n".encode())
+        assert read_head(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"a\n")
+        held.append(sock)
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Dprl-Tenant: a\r\n\r\n".encode())
+    answer = read_head(sock) + sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 500") and b"tenant a holds 2, its max" in answer
+    row = requests.get(f"{proxy.admin_url}/hosts/{target}", timeout=10).json()
+    assert row["tenants"]["a"] == {"open": 2, "guarantee": 4, "max": 2, "waiting": 0}
+    metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+    assert 'dprl_tenant_connections{tenant="a"} 2.0' in metrics
+    assert 'dprl_tenant_refusals_total{reason="tenant_share",tenant="a"} 1.0' in metrics
+    for sock in held:
+        sock.close()
+
+
+def _connect_as(port: int, target: str, extra: str = "", source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n".encode())
+    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+@pytest.mark.parametrize("by", ["user", "client"])
+def test_tenant_by_user_and_by_client_group(
+    by: str, make_proxy: Callable[..., ProxyRateLimiter], tenant_upstream: TenantUpstream, tmp_path: Path
+) -> None:
+    settings: dict[str, object] = {"tenant_shares": {"alice": "1:max=50%", "bob": "1"}}
+    if by == "user":  # the default with proxy auth
+        (tmp_path / "users").write_text("alice:pw1\nbob:pw2\n")
+        settings["proxy_auth_file"] = str(tmp_path / "users")
+    else:
+        settings.update(tenant_by="client", tenant_groups={"alice": ("127.0.0.2/32",), "bob": ("127.0.0.3/32",)})
+    proxy = make_proxy(4, **settings)
+    target = tenant_upstream.authority
+
+    def who(name: str) -> tuple[str, str]:
+        if by == "user":
+            token = base64.b64encode(f"{name}:pw{1 if name == 'alice' else 2}".encode()).decode()
+            return f"Proxy-Authorization: Basic {token}\r\n", "127.0.0.1"
+        return "", "127.0.0.2" if name == "alice" else "127.0.0.3"
+
+    socks = [_connect_as(proxy.port, target, *who("alice")) for _ in range(2)]
+    assert proxy.tenant_connections_for_host(target) == {"alice": 2}
+    extra, source = who("alice")
+    sock = socket.create_connection(("127.0.0.1", proxy.port), source_address=(source, 0))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n".encode())
+    assert read_head(sock).startswith(b"HTTP/1.1 500")  # alice at her max: half the cap
+    sock.close()
+    socks += [_connect_as(proxy.port, target, *who("bob")) for _ in range(2)]
+    assert proxy.tenant_connections_for_host(target) == {"alice": 2, "bob": 2}
+    for sock in socks:
+        sock.close()
+
+
+def test_the_tenant_header_never_reaches_the_upstream(make_proxy: Callable[..., ProxyRateLimiter]) -> None:
+    seen: list[bytes] = []
+
+    def answer(conn: socket.socket, index: int) -> None:
+        seen.append(read_request_head(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    origin = RawOrigin(answer)
+    proxy = make_proxy(2, tenant_by="header", tenant_shares={"a": "1"})
+    try:
+        sock = socket.create_connection(("127.0.0.1", proxy.port))
+        sock.sendall(
+            f"GET http://{origin.authority}/x HTTP/1.1\r\nHost: {origin.authority}\r\n"
+            "X-Dprl-Tenant: a\r\nx-dprl-tenant: b\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert read_head(sock).startswith(b"HTTP/1.1 200")
+        sock.close()
+    finally:
+        origin.close()
+    assert seen and b"x-dprl-tenant" not in seen[0].lower()
+
+
+def test_shares_hold_fleet_wide_and_a_killed_workers_tenant_slots_come_back(
+    redis_server: RedisServer, redis_prefix: str, tenant_upstream: TenantUpstream
+) -> None:
+    settings = dict(
+        redis_url=redis_server.url,
+        redis_prefix=redis_prefix,
+        tenant_by="header",
+        tenant_shares={"a": "1:max=50%", "b": "1"},
+        lease_ttl=2.0,
+        connect_timeout=2.0,
+        shutdown_timeout=2.0,
+    )
+    workers = [DistributedProxyRateLimiter(port=0, max_connections_per_host=6, **settings).start() for _ in range(3)]
+    target = tenant_upstream.authority
+    try:
+        # tenant a spread over two workers: 3 fleet-wide is its max, wherever it asks
+        socks = [_connect_as(workers[i % 2].port, target, "X-Dprl-Tenant: a\r\n") for i in range(3)]
+        for sock in socks:
+            sock.sendall(b"a\n")
+        sock = socket.create_connection(("127.0.0.1", workers[2].port))
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Dprl-Tenant: a\r\n\r\n".encode())
+        assert read_head(sock).startswith(b"HTTP/1.1 500")
+        sock.close()
+        b_socks = [_connect_as(workers[2].port, target, "X-Dprl-Tenant: b\r\n") for _ in range(3)]
+        assert tenant_upstream.max_total <= 6
+        assert workers[2].tenant_connections_for_host(target) == {"a": 3, "b": 3}
+        for sock in socks + b_socks:
+            sock.close()
+        wait_for(lambda: all(not w.limiter.process_counts() for w in workers), 5, "every slot back")
+    finally:
+        for worker in workers:
+            worker.stop(timeout=2)
