@@ -136,11 +136,11 @@ def _add_option(group: argparse._ArgumentGroup, spec: Any) -> None:
         type=_converter(spec),
         default=default,
         metavar=meta["metavar"],
-        help=meta["help"],
+        help=meta["help"].replace("%", "%%"),  # argparse formats help with %
     )
     if meta["repeat_flag"] is not None:
         repeat, metavar, text = meta["repeat_flag"]
-        group.add_argument(repeat, action="append", default=[], metavar=metavar, help=text)
+        group.add_argument(repeat, action="append", default=[], metavar=metavar, help=text.replace("%", "%%"))
 
 
 def parse_config(argv: Sequence[str] | None = None, reloading: bool = False) -> Config:
