@@ -14,6 +14,7 @@ from .http.target import split_authority
 from .limits.hosts import HostKey, normalize_limit_spec
 from .limits.rates import Rate, parse_rate
 from .limits.tenants import Share, check_tenant_name, parse_share, parse_shares
+from .proxy.tenancy import TENANT_BY
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -239,8 +240,9 @@ def _field_name(value: str) -> str:
 
 
 def _tenant_by(value: str) -> str:
-    if value not in ("", "user", "client", "header"):
-        raise ConfigError(f"must be user, client or header, got {value!r}")
+    """One of TENANT_BY, or "" (the default: user with proxy auth, else client)."""
+    if value and value not in TENANT_BY:
+        raise ConfigError(f"must be {', '.join(TENANT_BY[:-1])} or {TENANT_BY[-1]}, got {value!r}")
     return value
 
 
@@ -248,12 +250,9 @@ def _tenant_shares(value: dict[str, Share | str]) -> dict[str, Share]:
     """The library may give a share as its text (``"3:max=50%"``)."""
     shares = {}
     for name, share in value.items():
-        if isinstance(share, str):
-            try:
-                name, share = parse_share(f"{name}={share}")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
         try:
+            if isinstance(share, str):
+                name, share = parse_share(f"{name}={share}")
             shares[check_tenant_name(name)] = share
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

@@ -120,9 +120,14 @@ class Limiter(ABC):
         for key in keys:
             policy = self.limits.policy_for(key)
             if policy.limit:
-                waiting = self.waiting.tenant_counts(key, policy.line)
-                out[key] = self.tenants.standings(policy.limit, self.tenant_counts(key), waiting)
+                out[key] = self.standings(key, policy.line, policy.limit)
         return out
+
+    def standings(self, key: HostKey, line: str, limit: int, asking: str = "") -> dict[str, Standing]:
+        """Every tenant's standing at ``key`` (held, waiting on its ``line`` in this process,
+        guarantee, ceiling) under ``limit``; ``asking``: a tenant that wants it too."""
+        waiting = self.waiting.tenant_counts(key, line)
+        return self.tenants.standings(limit, self.tenant_counts(key), waiting, asking)
 
     def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
         """Seconds until the next token of rated hosts whose burst is not full, among ``keys``

@@ -75,27 +75,17 @@ class MemoryLimiter(Limiter):
     def tenant_hosts(self) -> Iterable[HostKey]:
         return list(self._tenant_held)
 
-    def standings(self, key: HostKey, line: str, limit: int, asking: str = "") -> dict[str, Standing]:
-        """Every tenant's standing at ``key`` (held, waiting, guarantee, ceiling)."""
-        waiting = self.waiting.tenant_counts(key, line)
-        return self.tenants.standings(limit, self.tenant_counts(key), waiting, asking)
-
-    def _tenant_gate(self, key: HostKey, line: str, limit: int, tenant: str, waiter: Waiter | None = None) -> Admission:
-        """Whether the tenants' rules let ``tenant`` take a slot of ``key`` now: under its max,
-        and (an arrival, ``waiter`` None) fewer waiters before it in fair order than free slots.
-        A ``waiter`` is being handed a slot in fair order already: only its max is checked."""
+    def _tenant_gate(self, key: HostKey, line: str, limit: int, tenant: str) -> Admission:
+        """Whether the tenants' rules let an arrival of ``tenant`` take a slot of ``key`` now:
+        under its max, and fewer waiters before it in fair order than free slots."""
         standings = self.standings(key, line, limit, tenant)
         before: dict[str, int] = {}
         ahead = 0
         mine = standings[tenant]
         queued = [w for w in self.waiting.hosts.get(line, ()) if w.key == key and not w.admitted]
-        k = sum(1 for w in queued if w.tenant == tenant) if waiter is None else 0
-        if waiter is not None:
-            k = next(i for i, w in enumerate(w for w in queued if w.tenant == tenant) if w is waiter)
+        k = sum(1 for w in queued if w.tenant == tenant)  # its own waiters come first
         if not eligible(mine, k):
             return Admission.TENANT_SHARE
-        if waiter is not None:
-            return Admission.ADMITTED
         free = limit - self.fleet_count(key)
         if free <= 0:
             return Admission.HOST_FULL
@@ -108,8 +98,8 @@ class MemoryLimiter(Limiter):
         return Admission.ADMITTED if ahead < free else Admission.TENANT_SHARE
 
     def _fair_order(self, line: str) -> list[Waiter]:
-        """The line's waiters not handed a slot yet, in fair order (tenants.py): lowest
-        place first, then arrival."""
+        """The line's waiters not handed a slot yet whose tenant is under its max, in fair
+        order (tenants.py): lowest place first, then arrival."""
         queued = [w for w in self.waiting.hosts.get(line, ()) if not w.admitted]
         seen: dict[tuple[HostKey, str], int] = {}
         standings: dict[HostKey, dict[str, Standing]] = {}
@@ -120,7 +110,10 @@ class MemoryLimiter(Limiter):
                 if waiter.key not in standings:
                     standings[waiter.key] = self.standings(waiter.key, line, self.limits.limit_for(waiter.key))
                 k = seen[(waiter.key, waiter.tenant)] = seen.get((waiter.key, waiter.tenant), -1) + 1
-                rank = place(standings[waiter.key][waiter.tenant], k)
+                standing = standings[waiter.key][waiter.tenant]
+                if not eligible(standing, k):
+                    continue  # its tenant is at its max: others may go
+                rank = place(standing, k)
             ranked.append((rank, waiter.arrived, waiter))
         ranked.sort(key=lambda item: (item[0], item[1]))
         return [waiter for _, _, waiter in ranked]
@@ -313,8 +306,6 @@ class MemoryLimiter(Limiter):
             for waiter in self._fair_order(line):
                 limit = self.limits.limit_for(waiter.key)
                 tenant = waiter.tenant if limit else ""
-                if tenant and self._tenant_gate(waiter.key, line, limit, tenant, waiter) != Admission.ADMITTED:
-                    continue  # its tenant is at its max: others may go
                 cap = self.limits.shared_cap_for(waiter.key)
                 verdict = self._try_take(waiter.key, limit, cap, waiter.arrived_ns, tenant)
                 if verdict == Admission.ADMITTED:

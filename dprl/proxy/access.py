@@ -26,6 +26,19 @@ def client_ip(address: str) -> IPAddress:
     return ip
 
 
+def basic_credentials(header_values: list[str]) -> bytes | None:
+    """``user:password`` of a single Basic Proxy-Authorization value (None: none, or not Basic)."""
+    if len(header_values) != 1:
+        return None
+    scheme, _, token = header_values[0].strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 class AccessPolicy:
     """Checks made before a slot is taken; each failing check is a 403 or a 407.
 
@@ -66,14 +79,8 @@ class AccessPolicy:
         """
         if not self.credentials:
             return True
-        if len(header_values) != 1:
-            return False
-        scheme, _, token = header_values[0].strip().partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            given = base64.b64decode(token.strip(), validate=True)
-        except (binascii.Error, ValueError):
+        given = basic_credentials(header_values)
+        if given is None:
             return False
         matched = False
         for expected in self.credentials:

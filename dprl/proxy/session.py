@@ -329,12 +329,6 @@ class ClientSession:
         if self.tenant:
             reason = exc.reason if isinstance(exc, LimitExceeded) else Reason.LIMITER_UNAVAILABLE
             context.stats.tenant_refused(self.tenant, reason)
-        if isinstance(exc, TenantShareExceeded):
-            context.refusals.record(f"to {exc.key}: tenant {exc.tenant}'s share reached")
-            context.stats.refused(exc.key, exc.reason)
-            message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections): {exc.detail}"
-            extra = [("Retry-After", str(settings.retry_after))] if settings.retry_after else None
-            return self._send_answer(settings.reject_status, message, keep, extra, unread_body)
         if isinstance(exc, RateExceeded):
             context.refusals.record(f"to {exc.key}: rate {exc.rate} reached")
             context.stats.refused(exc.key, exc.reason)
@@ -343,8 +337,11 @@ class ClientSession:
             token = [("Retry-After", str(exc.retry_after))]  # the token's time, whatever --retry-after says
             return self._send_answer(settings.reject_status, message, keep, token, unread_body)
         if isinstance(exc, LimitExceeded):
-            detail = f": {exc.detail}" if isinstance(exc, QueueTimeout) else ""
-            context.refusals.record(f"to {exc.key}: limit {exc.limit} reached{detail.split(' (')[0]}")
+            detail = f": {exc.detail}" if isinstance(exc, (QueueTimeout, TenantShareExceeded)) else ""
+            if isinstance(exc, TenantShareExceeded):  # the log line without the counts: one per tenant
+                context.refusals.record(f"to {exc.key}: tenant {exc.tenant}'s share reached")
+            else:
+                context.refusals.record(f"to {exc.key}: limit {exc.limit} reached{detail.split(' (')[0]}")
             context.stats.refused(exc.key, exc.reason)
             shared = f" shared by the hosts of {exc.shared}" if exc.shared else ""
             message = f"connection limit reached for {exc.key} ({exc.limit} concurrent connections{shared}){detail}"

@@ -6,13 +6,11 @@ anything else falls into ``default`` (tenants.py), so no client can grow a label
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 from collections.abc import Sequence
 
 from ..http.head import RequestHead
-from .access import IPNetwork, client_ip
+from .access import IPNetwork, basic_credentials, client_ip
 
 BY_USER, BY_CLIENT, BY_HEADER = "user", "client", "header"
 TENANT_BY = (BY_USER, BY_CLIENT, BY_HEADER)
@@ -20,16 +18,8 @@ TENANT_BY = (BY_USER, BY_CLIENT, BY_HEADER)
 
 def basic_user(values: list[str]) -> str:
     """The user name of a Basic Proxy-Authorization value ("" if there is none)."""
-    if len(values) != 1:
-        return ""
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "basic":
-        return ""
-    try:
-        decoded = base64.b64decode(token.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return ""
-    return decoded.partition(b":")[0].decode("utf-8", "replace")
+    given = basic_credentials(values)
+    return "" if given is None else given.partition(b":")[0].decode("utf-8", "replace")
 
 
 class TenantOf:

@@ -148,7 +148,7 @@ class UpstreamConnection:
             if not allowed(literal):
                 raise AccessDenied(f"destination {target.host} is in a range denied by --deny-destinations")
             allowed = None  # vetted: dial need not look again
-        slot = limiter.acquire(key, watch, tenant) if tenant else limiter.acquire(key, watch)
+        slot = limiter.acquire(key, watch, tenant)
         started = time.monotonic()
         try:
             sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed, tunnel)

@@ -359,11 +359,10 @@ class RedisLimiter(Limiter):
         """acquire.lua's tenant arguments: "1", the caller's tenant, and each tenant's name,
         weight and ceiling (in slots of ``limit``)."""
         tenants = self.tenants
+        if self._tenant_args_generation != tenants.generation:  # the shares changed
+            self._tenant_args_cache, self._tenant_args_generation = {}, tenants.generation
         cached = self._tenant_args_cache.get((limit, tenant))
-        if cached is None or self._tenant_args_generation != tenants.generation:
-            if self._tenant_args_generation != tenants.generation:
-                self._tenant_args_cache = {}
-                self._tenant_args_generation = tenants.generation
+        if cached is None:
             every: list[object] = []
             for name in tenants.names:
                 share = tenants.share(name)

@@ -176,27 +176,38 @@ end
 local has_queue = last_host_key >= 6
 local live, mine, dead = {}, nil, {}
 local order = {}  -- the live waiters in the order free slots go to them
+-- The head of a queue, oldest first (`window` entries): live waiters (their worker renewed its
+-- waiting lease) appended to `live` as {ticket, at}, the entries of dead workers to `dead`
+-- (dropped below). Returns the caller's ticket's place among the live ones before it (nil if
+-- it is not there), its arrival (µs of Redis time), and how many entries were read.
+local alive = {}
+local function read_head(queue, window, live_out, dead_out)
+  local head = redis.call('ZRANGE', queue, 0, window - 1, 'WITHSCORES')
+  local at_queue, at = nil, nil
+  for i = 1, #head, 2 do
+    local ticket = head[i]
+    local worker = ticket_worker(ticket)
+    if alive[worker] == nil then
+      alive[worker] = tonumber(redis.call('ZSCORE', KEYS[6], worker) or 0) > now
+    end
+    if ticket == ARGV[7] then
+      at_queue, at = #live_out, tonumber(head[i + 1])
+    elseif alive[worker] then
+      live_out[#live_out + 1] = {ticket = ticket, at = tonumber(head[i + 1])}
+    else
+      dead_out[#dead_out + 1] = ticket
+    end
+  end
+  return at_queue, at, #head / 2
+end
 if tenanted then
   -- Each tenant's queue head: its live waiters (oldest first, with their arrival).
-  local alive = {}
   local my_at = now_us
   for _, t in ipairs(tenants) do
     if has_queue then
-      local head = redis.call('ZRANGE', t.queue, 0, room + 31, 'WITHSCORES')
-      for i = 1, #head, 2 do
-        local ticket = head[i]
-        local worker = ticket_worker(ticket)
-        if alive[worker] == nil then
-          alive[worker] = tonumber(redis.call('ZSCORE', KEYS[6], worker) or 0) > now
-        end
-        if ticket == ARGV[7] then
-          mine = #t.live
-          my_at = tonumber(head[i + 1])
-        elseif alive[worker] then
-          t.live[#t.live + 1] = {ticket = ticket, at = tonumber(head[i + 1])}
-        else
-          t.dead[#t.dead + 1] = ticket
-        end
+      local at_queue, at = read_head(t.queue, math.max(room, 1) + 32, t.live, t.dead)
+      if at_queue ~= nil then
+        mine, my_at = at_queue, at
       end
     end
   end
@@ -245,27 +256,11 @@ if tenanted then
     end
   end
 elseif has_queue and room ~= nil and redis.call('ZCARD', KEYS[5]) > 0 then
-  -- The head of the queue, oldest first: live waiters (their worker renewed its waiting
-  -- lease) in order, and the entries of dead workers, dropped below.
   local window = math.max(room, 1) + 32
-  local head = redis.call('ZRANGE', KEYS[5], 0, window - 1)
-  local alive = {}
-  for _, ticket in ipairs(head) do
-    local worker = ticket_worker(ticket)
-    if alive[worker] == nil then
-      alive[worker] = tonumber(redis.call('ZSCORE', KEYS[6], worker) or 0) > now
-    end
-    if ticket == ARGV[7] then
-      mine = #live
-    elseif alive[worker] then
-      live[#live + 1] = ticket
-      order[#order + 1] = {ticket = ticket}
-    else
-      dead[#dead + 1] = ticket
-    end
-  end
+  local at_queue, _, read = read_head(KEYS[5], window, live, dead)
+  mine, order = at_queue, live
   ahead = mine or #live
-  if mine == nil and #head == window then
+  if mine == nil and read == window then
     ahead = room  -- more waiters than the window shows: this one is not next
   end
 end
