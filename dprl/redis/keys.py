@@ -74,7 +74,7 @@ class KeySpace:
         return cached
 
     def _work_out(self, script: Script, key: HostKey, bare: bool) -> tuple[str, ...]:
-        if key.startswith(TENANT) and script in _QUEUED:
+        if key.startswith(TENANT) and (script in _QUEUED or script is PACE):
             return self._tenant_keys(script, key, bare)
         if script is PACE:  # the host's rate, and its shared cap's (pace.lua skips one it has not)
             tag = self.tag(key)
@@ -91,17 +91,17 @@ class KeySpace:
         return keys + self.queue_keys(key) + shared
 
     def _tenant_keys(self, script: Script, counted: str, bare: bool) -> tuple[str, ...]:
-        """A tenant's acquire or release: the host's keys, then (acquire) every tenant's
-        counts, leases and queue, or (release) the tenant's counts and leases and every
-        tenant's queue (acquire.lua, release.lua)."""
+        """A tenant's acquire or pace: the host's keys, then every tenant's counts, leases,
+        queue and rate at the host; its release: the host's keys, the tenant's counts and
+        leases, and every tenant's queue (acquire.lua, pace.lua, release.lua)."""
         _, host = split_tenant_key(counted)
         keys = self._work_out(script, host, bare)
         names = [tenant_key(name, host) for name in self.tenants.names]
-        if script is ACQUIRE:
-            for name in names:
-                keys += (*self.keys(name)[:2], self.queue_keys(name)[0])
-            return keys
-        return keys + self.keys(counted)[:2] + tuple(self.queue_keys(name)[0] for name in names)
+        if script is RELEASE:
+            return keys + self.keys(counted)[:2] + tuple(self.queue_keys(name)[0] for name in names)
+        for name in names:
+            keys += (*self.keys(name)[:2], self.queue_keys(name)[0], self.rate_key(name))
+        return keys
 
     def marker(self, key: HostKey) -> str:
         return self.topology.marker(self.tag(key))

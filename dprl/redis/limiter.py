@@ -356,8 +356,8 @@ class RedisLimiter(Limiter):
         return ""
 
     def _tenant_args(self, limit: int, tenant: str) -> tuple[object, ...]:
-        """acquire.lua's tenant arguments: "1", the caller's tenant, and each tenant's name,
-        weight and ceiling (in slots of ``limit``)."""
+        """acquire.lua's and pace.lua's tenant arguments: "1", the caller's tenant, and each
+        tenant's name, weight, ceiling (in slots of ``limit``) and max (a part of 1)."""
         tenants = self.tenants
         if self._tenant_args_generation != tenants.generation:  # the shares changed
             self._tenant_args_cache, self._tenant_args_generation = {}, tenants.generation
@@ -366,7 +366,7 @@ class RedisLimiter(Limiter):
             every: list[object] = []
             for name in tenants.names:
                 share = tenants.share(name)
-                every += [name, f"{share.weight:g}", ceiling(limit, share)]
+                every += [name, f"{share.weight:g}", ceiling(limit, share), f"{share.max_percent / 100:g}"]
             cached = self._tenant_args_cache[(limit, tenant)] = ("1", tenant, len(tenants.names), *every)
         return cached
 
@@ -396,14 +396,21 @@ class RedisLimiter(Limiter):
 
     def pace(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> None:
         """A token for a request on a kept-alive connection: ``pace.lua``, fleet-wide (of the
-        host's rate and its shared cap's; tenants' parts of a rate are kept in local mode only)."""
-        rate = self.limits.rate_for(key)
-        cap = self.limits.shared_cap_for(key)
+        host's rate, its shared cap's, and its tenant's part of the host's)."""
+        policy = self.limits.policy_for(key)
+        rate, cap = policy.rate, policy.cap
         if rate is None and (cap is None or cap.rate is None):
             return
         started = time.monotonic()
         deadline = started + self.waiting.policy.timeout
-        args = _rate_args(rate) + (_rate_args(cap.rate) if cap is not None else ())
+        args: tuple[object, ...] = (1, *_rate_args(rate))
+        if cap is not None:  # the shared cap's rate too (pace.lua skips one that is "")
+            args = (2, *_rate_args(rate), *_rate_args(cap.rate))
+        routed = key
+        if policy.limit and rate is not None and self.tenants.enabled:  # and the tenant's part
+            tenant = self.tenants.tenant(tenant)
+            args += self._tenant_args(policy.limit, tenant)
+            routed = tenant_key(tenant, key)
         while True:
             shard: Shard | None = None
             try:
@@ -411,7 +418,7 @@ class RedisLimiter(Limiter):
                 refusal = self._refusal(shard)
                 if refusal:
                     raise RedisUnavailable(refusal)
-                _, wait_us = self.router.run(shard, key, PACE, args)
+                _, wait_us = self.router.run(shard, routed, PACE, args)
                 self.refresher.mark_up(shard)
             except FAILURES as exc:
                 if self.on_error == "reject":

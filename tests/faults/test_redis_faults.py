@@ -150,8 +150,11 @@ def test_cluster_node_failure_affects_only_the_hosts_it_serves():
     assert figures.max_latency(since=0) < 5
 
 
-def test_cluster_resharding_of_a_busy_hosts_slot_neither_over_admits_nor_refuses():
-    figures = faults.cluster_resharding(pause=0.3)
+@pytest.mark.parametrize("tenants", [(), ("--tenant-share", "a=1")], ids=["no-tenants", "tenants"])
+def test_cluster_resharding_of_a_busy_hosts_slot_neither_over_admits_nor_refuses(tenants: tuple[str, ...]):
+    """With tenants, the host's keys come with every tenant's (counts, leases, queue, rate),
+    all in the host's slot: the tunnels here are all of tenant ``default``."""
+    figures = faults.cluster_resharding(pause=0.3, extra=tenants)
     assert figures.max_active <= CAP, figures.summary()
     refusals = [a for a in figures.answers if a.status != 200 and "limit reached" not in a.reason]
     assert figures.extra["refused (not at cap) during the move"] == 0, (figures.summary(), refusals[:5])

@@ -8,10 +8,11 @@ the cap, ``max`` caps a tenant on an idle host, and every slot comes back.
 from __future__ import annotations
 
 import base64
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import requests
 from dprl import DistributedProxyRateLimiter, ProxyRateLimiter
 
 from ..support.network import free_port, read_head, wait_for
+from ..support.proxy_process import ProxyProcess
 from ..support.redis_server import RedisServer
 from ..support.tenant_load import TenantClient, TenantUpstream, percentile
 from ..support.upstream import ArrivalUpstream, RawOrigin, read_request_head
@@ -204,19 +206,20 @@ def test_the_tenant_header_never_reaches_the_upstream(make_proxy: Callable[..., 
     assert seen and b"x-dprl-tenant" not in seen[0].lower()
 
 
-def test_shares_hold_fleet_wide_and_a_killed_workers_tenant_slots_come_back(
+def _redis_workers(
+    count: int, redis_server: RedisServer, prefix: str, cap: int, **settings: object
+) -> list[DistributedProxyRateLimiter]:
+    """``count`` proxies in this process sharing one Redis, tenants named by header."""
+    settings = dict(redis_url=redis_server.url, redis_prefix=prefix, tenant_by="header", **settings) | dict(
+        lease_ttl=2.0, connect_timeout=2.0, shutdown_timeout=2.0
+    )
+    return [DistributedProxyRateLimiter(port=0, max_connections_per_host=cap, **settings).start() for _ in range(count)]
+
+
+def test_a_tenants_max_holds_fleet_wide(
     redis_server: RedisServer, redis_prefix: str, tenant_upstream: TenantUpstream
 ) -> None:
-    settings = dict(
-        redis_url=redis_server.url,
-        redis_prefix=redis_prefix,
-        tenant_by="header",
-        tenant_shares={"a": "1:max=50%", "b": "1"},
-        lease_ttl=2.0,
-        connect_timeout=2.0,
-        shutdown_timeout=2.0,
-    )
-    workers = [DistributedProxyRateLimiter(port=0, max_connections_per_host=6, **settings).start() for _ in range(3)]
+    workers = _redis_workers(3, redis_server, redis_prefix, 6, tenant_shares={"a": "1:max=50%", "b": "1"})
     target = tenant_upstream.authority
     try:
         # tenant a spread over two workers: 3 fleet-wide is its max, wherever it asks
@@ -238,22 +241,25 @@ def test_shares_hold_fleet_wide_and_a_killed_workers_tenant_slots_come_back(
             worker.stop(timeout=2)
 
 
-def test_a_hosts_rate_is_split_by_weight_between_active_tenants(make_proxy: Callable[..., ProxyRateLimiter]) -> None:
+def _rate_split(proxy_urls: dict[str, list[str]], seconds: float) -> tuple[ArrivalUpstream, int, int]:
+    """Plain GETs from tenants a and b in a loop (two sessions each, over ``proxy_urls[t]``)
+    for ``seconds``: the upstream's arrivals, and a's and b's requests past the first second."""
     origin = ArrivalUpstream()
-    proxy = make_proxy(10, queue_timeout=5, max_rate="20/s", tenant_by="header", tenant_shares={"a": "3", "b": "1"})
     stop = threading.Event()
 
-    def load(tenant: str) -> None:
-        with requests.Session() as session:
-            session.proxies = {"http": proxy.proxy_url}
+    def load(tenant: str, proxy_url: str) -> None:
+        with requests.Session() as session:  # kept alive: the later requests are paced, not admitted
+            session.proxies = {"http": proxy_url}
             while not stop.is_set():
                 session.get(f"http://{origin.authority}/{tenant}", headers={"X-Dprl-Tenant": tenant}, timeout=10)
 
-    threads = [threading.Thread(target=load, args=(t,), daemon=True) for t in ("a", "a", "b", "b")]
+    threads = [
+        threading.Thread(target=load, args=(t, url), daemon=True) for t, urls in proxy_urls.items() for url in urls
+    ]
     try:
         for thread in threads:
             thread.start()
-        time.sleep(4)
+        time.sleep(seconds)
         stop.set()
         for thread in threads:
             thread.join(15)
@@ -264,5 +270,102 @@ def test_a_hosts_rate_is_split_by_weight_between_active_tenants(make_proxy: Call
     steady = [path for moment, path in arrivals if start <= moment <= end]
     a, b = steady.count("/a"), steady.count("/b")
     print(f"over {end - start:.1f}s: a {a}, b {b} requests")
+    return origin, a, b
+
+
+def test_a_hosts_rate_is_split_by_weight_between_active_tenants(make_proxy: Callable[..., ProxyRateLimiter]) -> None:
+    proxy = make_proxy(10, queue_timeout=5, max_rate="20/s", tenant_by="header", tenant_shares={"a": "3", "b": "1"})
+    origin, a, b = _rate_split({"a": [proxy.proxy_url] * 2, "b": [proxy.proxy_url] * 2}, 4)
     assert origin.most_in_any_window(1.0) <= 1 + 20  # the host's rate holds for both together
     assert 0.65 <= a / (a + b) <= 0.85, (a, b)  # 3 : 1 of the rate while both are active
+
+
+def test_a_hosts_rate_is_split_by_weight_fleet_wide(redis_server: RedisServer, redis_prefix: str) -> None:
+    """Each tenant's part of the rate is kept in Redis: a and b each spread over both workers."""
+    shares = {"a": "3", "b": "1"}
+    workers = _redis_workers(2, redis_server, redis_prefix, 10, tenant_shares=shares, queue_timeout=5, max_rate="20/s")
+    try:
+        urls = [worker.proxy_url for worker in workers]
+        origin, a, b = _rate_split({"a": urls, "b": urls}, 4)
+    finally:
+        for worker in workers:
+            worker.stop(timeout=2)
+    assert origin.most_in_any_window(1.0) <= 1 + 20
+    assert 0.65 <= a / (a + b) <= 0.85, (a, b)
+
+
+@pytest.fixture
+def tenant_fleet(redis_server: RedisServer, redis_prefix: str) -> Iterator[list[ProxyProcess]]:
+    """Three ``python -m dprl`` workers on one Redis: cap 6 per host, tenants by header of
+    equal weight, a queue of 10 s, leases of 1.5 s."""
+    workers = [
+        ProxyProcess(
+            *("--redis-url", redis_server.url, "--redis-prefix", redis_prefix, "--max-connections", "6"),
+            *("--tenant-by", "header", "--tenant-share", "a=1", "--tenant-share", "b=1"),
+            *("--queue-timeout", "10", "--lease-ttl", str(LEASE)),
+        )
+        for _ in range(3)
+    ]
+    yield workers
+    for worker in workers:
+        worker.stop(timeout=30)
+
+
+LEASE = 1.5
+
+
+def test_three_redis_workers_under_load_keep_the_cap_and_the_fair_order(
+    tenant_fleet: list[ProxyProcess], tenant_upstream: TenantUpstream
+) -> None:
+    """Tenants spread over three worker processes: a runs 30 clients, b 3, each holding
+    200 ms. The upstream never sees more than the cap, and b, owed 3 of 6, gets a slot
+    within about one hold time while a keeps the rest busy."""
+    target = tenant_upstream.authority
+    stop = threading.Event()
+    a = [TenantClient(tenant_fleet[i % 3].port, target, "a", 0.2, stop) for i in range(30)]
+    b = [TenantClient(tenant_fleet[i % 3].port, target, "b", 0.2, stop) for i in range(3)]
+    _run(a)
+    wait_for(lambda: tenant_upstream.open("a") == 6, 10, "tenant a holding the whole idle cap")
+    _run(b)
+    started = time.monotonic()
+    time.sleep(4)
+    ended = time.monotonic()
+    _stop(stop, a + b)
+    waits = [w for client in b for w in client.waits]
+    share_a = tenant_upstream.average("a", started + 0.5, ended)
+    print(
+        f"b: {len(waits)} connections, wait p50 {percentile(waits, 0.5) * 1000:.0f} ms, "
+        f"p99 {percentile(waits, 0.99) * 1000:.0f} ms; a: {share_a:.2f} open on average"
+    )
+    assert tenant_upstream.max_total <= 6
+    assert percentile(waits, 0.99) <= 0.5, "b waited past its guarantee"
+    assert share_a >= 2.5, "a kept the slots b did not need"
+    assert not any(client.refused for client in a + b), "no refusal within a 10 s queue timeout"
+
+
+def test_a_killed_workers_tenant_slots_come_back_within_the_lease(
+    tenant_fleet: list[ProxyProcess], tenant_upstream: TenantUpstream
+) -> None:
+    """A worker holding the whole cap (3 slots of a, 3 of b) is SIGKILLed: a waiter of b at
+    another worker is admitted once the dead worker's lease has expired, not before, and
+    not much after; the tenants' counts in Redis come back with the host's."""
+    dying, survivor, _ = tenant_fleet
+    target = tenant_upstream.authority
+    held = [_connect_as(dying.port, target, f"X-Dprl-Tenant: {t}\r\n") for t in "aaabbb"]
+    for sock, tenant in zip(held, "aaabbb", strict=True):
+        sock.sendall(f"{tenant}\n".encode())
+    wait_for(lambda: tenant_upstream.open("a") == tenant_upstream.open("b") == 3, 5, "the cap held by one worker")
+    dying.proc.send_signal(signal.SIGKILL)
+    dying.proc.wait()
+    killed = time.monotonic()
+    sock = socket.create_connection(("127.0.0.1", survivor.port))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Dprl-Tenant: b\r\n\r\n".encode())
+    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    elapsed = time.monotonic() - killed
+    print(f"b's slot back {elapsed:.2f}s after the kill (lease {LEASE}s)")
+    # the lease was renewed at most lease/3 before the kill: it cannot expire sooner
+    assert LEASE * 2 / 3 - 0.1 <= elapsed <= LEASE + 1.0
+    sock.close()
+    for held_sock in held:
+        held_sock.close()
+    # redis_prefix's check after the test: no count of the host or of a tenant is left

@@ -510,15 +510,17 @@ def _by_host(answers: list[Answer], hosts: list[tuple[HoldingServer, RedisServer
     return summary
 
 
-def cluster_resharding(pythonpath: str | None = None, pause: float = 1.0, after: float = 2.0) -> Figures:
+def cluster_resharding(
+    pythonpath: str | None = None, pause: float = 1.0, after: float = 2.0, extra: tuple[str, ...] = ()
+) -> Figures:
     """5. The slot of a busy host moves to another node (IMPORTING/MIGRATING, ``pause`` seconds
     of ASK redirections, MIGRATE, SETSLOT NODE) while clients churn tunnels through two
-    workers at the cap."""
+    workers at the cap (``extra``: more flags for the workers)."""
     cluster, fleet, figures = ClusterSetup(), Fleet(pythonpath), Figures()
     ((upstream, source),) = hosts_on_nodes(cluster, 1)
     target = next(n for n in cluster.nodes if n is not source)
     try:
-        a, b = (fleet.start(cluster.url(cluster.nodes[0]), *worker_args()) for _ in range(2))
+        a, b = (fleet.start(cluster.url(cluster.nodes[0]), *worker_args(None, *extra)) for _ in range(2))
         with measured(upstream, figures):
             load = TunnelLoad([a.port, b.port], upstream.authority, clients=6, hold=0.3, pause=0.02)
             upstream.wait_active(CAP)

@@ -24,11 +24,12 @@
 -- KEYS[9]  the shared cap's rate hash (with KEYS[7], [8]), ARGV[14], ARGV[15]  its T and tau
 --          ("" = the shared cap has no rate): one rate for all of its hosts
 -- ARGV[16] "1" if tenants divide the host's own cap ("" = no tenants: the rest is absent);
--- ARGV[17] the caller's tenant, ARGV[18] how many tenants (n), then for each (ARGV[19 + 3(j-1)]..):
---          its name, weight and ceiling (its max, in slots). The last 3n KEYS are each tenant's
---          counts hash, leases zset and queue zset at this host (tickets "worker|seq|tenant",
---          each in its tenant's queue). The fair order of dprl/limits/tenants.py replaces
---          arrival order, and the caller's tenant must stay under its ceiling.
+-- ARGV[17] the caller's tenant, ARGV[18] how many tenants (n), then for each (ARGV[19 + 4(j-1)]..):
+--          its name, weight, ceiling (its max, in slots) and max as a part of 1. The last 4n
+--          KEYS are each tenant's counts hash, leases zset, queue zset (tickets
+--          "worker|seq|tenant", each in its tenant's queue) and rate hash at this host. The fair
+--          order of dprl/limits/tenants.py replaces arrival order, the caller's tenant must stay
+--          under its ceiling, and with a host rate it takes a token of its tenant's part too.
 -- Returns {admitted, fleet count after, this worker's count before (-1 if absent), epoch,
 --          live waiters ahead of the ticket, 1 if another waiter of this worker may go now,
 --          1 if refused by the shared cap rather than the host's own,
@@ -54,27 +55,7 @@ end
 local now, now_us = redis_clock()
 -- Read everything first, write after: a key emptied by a write must not be touched again
 -- in this script (during a Cluster resharding that is an error, "non local key").
--- A count is a hash (worker -> open connections) and a lease zset (worker -> expiry):
--- its total leaves out workers whose lease expired, who are dropped below.
-local function read_count(counts, leases)
-  local fields = redis.call('HGETALL', counts)
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
-  local gone = {}
-  for _, worker in ipairs(expired) do
-    gone[worker] = true
-  end
-  local total, own = 0, -1
-  for i = 1, #fields, 2 do
-    if not gone[fields[i]] then
-      local count = tonumber(fields[i + 1])
-      total = total + count
-      if fields[i] == ARGV[1] then
-        own = count
-      end
-    end
-  end
-  return total, own, expired
-end
+-- Workers whose lease expired are left out of a count (read_count) and dropped below.
 local function add_one(counts, leases, own)
   if own < 0 then
     -- first slot of this worker here (or its lease had lapsed): a fresh count and lease, and
@@ -101,7 +82,7 @@ local function drop_expired(counts, leases, expired, admitted)
     redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
   end
 end
-local total, own, expired = read_count(KEYS[1], KEYS[2])
+local total, own, expired = read_count(KEYS[1], KEYS[2], now, ARGV[1])
 local limit = tonumber(ARGV[2])
 -- room: slots free under the host's limit and its shared cap's (nil: no limit at all)
 local room = nil
@@ -111,7 +92,7 @@ end
 local shared = ARGV[11] ~= nil and ARGV[11] ~= ''
 local shared_total, shared_own, shared_expired = 0, -1, {}
 if shared then
-  shared_total, shared_own, shared_expired = read_count(KEYS[7], KEYS[8])
+  shared_total, shared_own, shared_expired = read_count(KEYS[7], KEYS[8], now, ARGV[1])
   local free = tonumber(ARGV[11]) - shared_total
   if room == nil or free < room then
     room = free
@@ -122,11 +103,11 @@ end
 -- room becomes the smallest of the caps' and the rates'.
 local cap_room = room
 local rates = {}
-local function read_rate(key, t, tau)
+local function read_rate(key, t, tau, part)
   if t == nil or t == '' then
     return
   end
-  local rate = {key = key, interval = tonumber(t), tolerance = tonumber(tau)}
+  local rate = {key = key, interval = tonumber(t), tolerance = tonumber(tau), part = part}
   local stored = redis.call('HMGET', key, 'tat', 'interval')
   rate.tat = tonumber(stored[1] or 0)
   local old = tonumber(stored[2] or rate.interval)
@@ -147,29 +128,23 @@ read_rate(KEYS[4], ARGV[12], ARGV[13])
 if shared then
   read_rate(KEYS[9], ARGV[14], ARGV[15])
 end
-local rated = #rates > 0
 local admitted = 0
 local ahead, wake_self = 0, 0
 -- Tenants (ARGV[16]): each one's fleet-wide count here, read like the host's.
 local tenanted = ARGV[16] ~= nil and ARGV[16] ~= '' and limit > 0
-local tenants, by_name, me = {}, {}, nil
+local tenants, me = {}, nil
 local refused_by_tenant = 0
 local last_host_key = #KEYS
 if ARGV[16] ~= nil and ARGV[16] ~= '' then
-  last_host_key = #KEYS - 3 * tonumber(ARGV[18])
+  last_host_key = #KEYS - 4 * tonumber(ARGV[18])
 end
 if tenanted then
-  for j = 1, tonumber(ARGV[18]) do
-    local at, k = 19 + 3 * (j - 1), last_host_key + 3 * (j - 1)
-    local t = {name = ARGV[at], weight = tonumber(ARGV[at + 1]), ceiling = tonumber(ARGV[at + 2]),
-               counts = KEYS[k + 1], leases = KEYS[k + 2], queue = KEYS[k + 3], live = {}, dead = {}}
-    t.held, t.own, t.expired = read_count(t.counts, t.leases)
-    tenants[j] = t
-    by_name[t.name] = t
+  tenants, me = read_tenants(17, last_host_key + 1)
+  for _, t in ipairs(tenants) do
+    t.held, t.own, t.expired = read_count(t.counts, t.leases, now, ARGV[1])
   end
-  me = by_name[ARGV[17]]
   if me == nil then
-    tenanted = false
+    tenanted, tenants = false, {}
   end
 end
 -- KEYS[5] and KEYS[6] may be left out (a Cluster slot being migrated, see limiter.py): no queue then
@@ -214,9 +189,17 @@ if tenanted then
   -- Guarantees among the tenants that want the host (holding, waiting, or asking).
   local wanting = 0
   for _, t in ipairs(tenants) do
-    t.wants = t.held > 0 or #t.live > 0 or t == me
+    t.active = t.held > 0 or #t.live > 0
+    t.wants = t.active or t == me
     if t.wants then
       wanting = wanting + t.weight
+    end
+  end
+  -- The caller's tenant's part of the host's own rate: one more token to take.
+  if ARGV[12] ~= '' then
+    local part_t, part_tau = tenant_rate(tenants, me, tonumber(ARGV[12]), tonumber(ARGV[13]), now_us)
+    if part_t ~= nil then
+      read_rate(me.rate, part_t, part_tau, true)
     end
   end
   for _, t in ipairs(tenants) do
@@ -246,9 +229,9 @@ if tenanted then
   end
   if me.held + my_k >= me.ceiling then
     refused_by_tenant = 1
-    ahead = room
-  elseif ahead >= room and total < limit and (cap_room == nil or ahead < cap_room) then
-    refused_by_tenant = 1  -- room, but owed to waiters before it in the fair order
+    ahead = math.max(room, cap_room)
+  elseif cap_room > 0 and ahead >= cap_room then
+    refused_by_tenant = 1  -- free slots, but owed to waiters before it in the fair order
   end
   for _, t in ipairs(tenants) do
     for _, ticket in ipairs(t.dead) do
@@ -264,6 +247,7 @@ elseif has_queue and room ~= nil and redis.call('ZCARD', KEYS[5]) > 0 then
     ahead = room  -- more waiters than the window shows: this one is not next
   end
 end
+local rated = #rates > 0
 local queued = #order > 0 or #dead > 0 or mine ~= nil
 if room == nil or ahead < room then
   admitted = 1
@@ -281,10 +265,12 @@ for _, rate in ipairs(rates) do
   local start = math.max(rate.tat, now_us)
   if admitted == 1 then  -- a token of each rate; the hash is gone once its TAT says nothing
     local next_tat = start + rate.interval
-    next_token = math.max(next_token, next_tat - rate.tolerance - now_us)
+    if not rate.part then  -- the host's next token (a tenant's part is its own affair)
+      next_token = math.max(next_token, next_tat - rate.tolerance - now_us)
+    end
     redis.call('HSET', rate.key, 'tat', next_tat, 'interval', rate.interval)
     redis.call('PEXPIRE', rate.key, math.ceil((next_tat - now_us) / 1000) + 1000)
-  else
+  elseif not rate.part then
     next_token = math.max(next_token, start - rate.tolerance - now_us)
   end
 end
