@@ -434,10 +434,6 @@ class Config:
                 raise ConfigError(
                     f"shared rate {name!r}: no shared cap of that name (--shared-limit {name}=N:HOSTS names its hosts)"
                 )
-        if self.tenant_shares and self.workers != "1" and not self.effective_redis_url:
-            raise ConfigError(
-                "tenant shares are not supported with --workers in local mode yet (use one worker, or Redis)"
-            )
         if not self.tenant_by:
             object.__setattr__(self, "tenant_by", BY_USER if self.proxy_auth or self.proxy_auth_file else BY_CLIENT)
         url = self.effective_redis_url

@@ -134,12 +134,10 @@ class MemoryLimiter(Limiter):
         if not tenant or policy.rate is None:
             return policy.rates
         now = time.monotonic()
-        held = self._tenant_held.get(key, {})
+        held = self.tenant_counts(key)
         waiting = self.waiting.tenant_counts(key, policy.line)
         active = [
-            t
-            for t in self.tenants.names
-            if held.get(t) or waiting.get(t) or self.rate_book.busy(tenant_key(t, key), now)
+            t for t in self.tenants.names if held.get(t) or waiting.get(t) or self._rate_busy(tenant_key(t, key), now)
         ]
         return (*policy.rates, (tenant_key(tenant, key), self.tenants.rate_of(policy.rate, tenant, active)))
 
@@ -186,6 +184,10 @@ class MemoryLimiter(Limiter):
         return LimitExceeded(key, limit)
 
     # the rate: what MachineLimiter keeps in shared memory instead ---------------------
+    def _rate_busy(self, name: str, now: float) -> bool:
+        """Whether the rate ``name`` took a token lately (a tenant's part: it is active)."""
+        return self.rate_book.busy(name, now)
+
     def _take_tokens(self, rates: Sequence[tuple[str, Rate]]) -> float:
         """A token of each rate now: 0.0, or the seconds until all have one (nothing taken)."""
         return self.rate_book.take(rates, time.monotonic())

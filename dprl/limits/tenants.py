@@ -110,8 +110,7 @@ class TenantShares:
     """The configured shares, changeable at runtime (replaced whole: readers in other
     threads never see half of a change). Empty: no tenants, behaviour as without them."""
 
-    def __init__(self, shares: Mapping[str, Share] | None = None, unsupported: str = "") -> None:
-        self.unsupported = unsupported  # why this limiter cannot divide caps ("" if it can)
+    def __init__(self, shares: Mapping[str, Share] | None = None) -> None:
         self._shares: dict[str, Share] = {}
         self.names: tuple[str, ...] = ()
         self.generation = 0
@@ -122,8 +121,6 @@ class TenantShares:
         return bool(self._shares)
 
     def replace(self, shares: Mapping[str, Share]) -> None:
-        if shares and self.unsupported:
-            raise ValueError(self.unsupported)
         checked = {check_tenant_name(name): share for name, share in shares.items()}
         self._shares = checked
         self.names = tuple(sorted({*checked, DEFAULT_TENANT})) if checked else ()

@@ -32,6 +32,7 @@ _SAME_EVERYWHERE = (
     "dprl_upstream_connections_limit",
     "dprl_upstream_connections_default_limit",
     "dprl_fleet_upstream_connections",
+    "dprl_tenant_connections",  # the machine's (or the fleet's) counts, as each worker reads them
     "dprl_build_info",
 )
 _EARLIEST = ("process_start_time_seconds",)
@@ -98,13 +99,18 @@ def merge_hosts(documents: Iterable[dict]) -> dict:
         for row in document["hosts"]:
             seen = merged.get(row["host"])
             if seen is None:
-                merged[row["host"]] = dict(row)
-                continue
-            for field in ("open", "waiting", "refused_last_minute"):
-                seen[field] = seen.get(field, 0) + row.get(field, 0)
-            for field in ("limit", "fleet_open"):
-                if field in row:
-                    seen[field] = max(seen.get(field, 0), row[field])
+                merged[row["host"]] = seen = {k: v for k, v in row.items() if k != "tenants"}
+            else:
+                for field in ("open", "waiting", "refused_last_minute"):
+                    seen[field] = seen.get(field, 0) + row.get(field, 0)
+                for field in ("limit", "fleet_open"):
+                    if field in row:
+                        seen[field] = max(seen.get(field, 0), row[field])
+            for tenant, standing in row.get("tenants", {}).items():
+                # one worker's reading of the counts (all read the same table, or Redis): one
+                # moment's; the waiters are each worker's own
+                into = seen.setdefault("tenants", {}).setdefault(tenant, dict(standing, waiting=0))
+                into["waiting"] += standing.get("waiting", 0)
     rows = sorted(merged.values(), key=lambda r: (-max(r["open"], r.get("fleet_open", 0)), r["host"]))
     return {"mode": first.get("mode", ""), "default_limit": first.get("default_limit", 0), "hosts": rows}
 

@@ -8,12 +8,15 @@ the locks exclude each other; a lock held by a process that dies is dropped by t
 kernel with its descriptors, so a worker killed inside a critical section cannot wedge
 the others.
 
-An entry is one waiting line: a host key, or a shared cap (``SHARED + name``). It holds
+An entry is one waiting line: a host key, a shared cap (``SHARED + name``), or a tenant's
+count at a host (``tenant_key``: its own line there, read in the fair order). It holds
 the open connections of each worker (one column per worker: the supervisor gives a dead
 worker's column back at once) and, per worker, the arrival time of that worker's oldest
 waiter on the line (CLOCK_MONOTONIC nanoseconds, one clock for every process of the
 machine). Admission leaves room for the other workers' older waiters, so a slot freed
-anywhere goes to the oldest waiter of the machine, whichever worker holds it.
+anywhere goes to the oldest waiter of the machine, whichever worker holds it; with tenants,
+for the other workers' first waiters of each tenant before it in the fair order
+(dprl/limits/tenants.py), under each tenant's count of the whole machine.
 
 No gevent here: the supervisor (plain threads) and the workers (one hub each) both use it.
 """
@@ -29,18 +32,22 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from ..limits.hosts import SHARED
 from ..limits.limiter import Admission
 from ..limits.rates import Rate, gcra, rescaled
+from ..limits.tenants import TENANT, guarantee
 
 MAGIC = b"DPRLTAB1"
 _HEADER = struct.Struct("=8sIII")  # magic, capacity, workers, entry size
 _HEADER_SIZE = 64
-KEY_MAX = 266  # a host key is at most 253 + ":65535"; a shared cap's line is "shared:" + its name
+# a host key is at most 253 + ":65535"; a shared cap's line is "shared:" + its name; a
+# tenant's "tenant:" + its name (at most 64) + "|" + a host key
+KEY_MAX = 338
 _HASH = struct.Struct("=IH")  # hash (0 = empty), key length
 _KEY_AT = _HASH.size
-_COUNTS_AT = 272  # total, then one count per worker (int32)
+_COUNTS_AT = _KEY_AT + KEY_MAX  # total, then one count per worker (int32)
 _I32 = struct.Struct("=i")
 _I64 = struct.Struct("=q")
 # Request rates: after the entries, a region of arrival times, one bucket per rated host
@@ -56,6 +63,21 @@ _RATE = struct.Struct("=Qdd")
 
 class TableFull(Exception):
     """More distinct lines in use at once than the table has room for."""
+
+
+class TenantLine(NamedTuple):
+    """One tenant at a host, as ``take`` weighs it."""
+
+    line: str  # its count's entry (tenant_key(name, host))
+    weight: float
+    ceiling: int  # its max, in slots
+
+
+class TenantRules(NamedTuple):
+    """The tenants dividing a host's cap, for one ``take``: the caller's first."""
+
+    mine: TenantLine
+    others: tuple[TenantLine, ...]
 
 
 class SlotTable:
@@ -122,19 +144,29 @@ class SlotTable:
         group_limit: int = 0,
         since: int = 0,
         rates: Sequence[tuple[str, Rate]] = (),
+        tenants: TenantRules | None = None,
     ) -> Admission:
         """One slot of ``key`` (and of shared cap line ``group``) for this worker, if the caps,
         the other workers' older waiters and ``rates`` (name, rate) leave room: Admission.ADMITTED, or why
         not (for Admission.RATE, ``rate_wait`` says how long until the token).
 
         ``since``: when the connection asking arrived (monotonic ns); the waiters of other
-        workers on the line who arrived before it go first."""
+        workers on the line who arrived before it go first. ``tenants``: the caller's tenant
+        must stay under its ceiling, and the other workers' first waiters of tenants before
+        it in the fair order go first instead (their tenant's count is taken too)."""
         _flock(self._fd, _LOCK_EX)
         try:
             host = self._find(key)
             free = limit - self._total(host) if limit else 1 << 30
             if free <= 0:
                 return Admission.HOST_FULL
+            ahead = -1  # with tenants: the other workers' waiters before this one in fair order
+            if tenants is not None:
+                ahead = self._tenants_before(tenants, limit, since)
+                if ahead < 0:
+                    return Admission.TENANT_SHARE  # at its max
+                if ahead >= free:
+                    return Admission.TENANT_SHARE
             line = host
             if group:
                 line = self._find(group)
@@ -155,16 +187,58 @@ class SlotTable:
                 self.rate_wait = max(verdict.wait for _, _, verdict, _ in buckets)
                 if self.rate_wait:
                     return Admission.RATE
-            if line >= 0 and self._others_before(line, since) >= free:
+            if ahead < 0 and line >= 0:
+                ahead = self._others_before(line, since)
+            if ahead >= free:
                 return Admission.OTHERS_FIRST
             for at, name, verdict, interval in buckets:
                 _RATE.pack_into(self._map, at, _key_hash(name), verdict.tat, interval)
             self._add(host if host >= 0 else self._insert(key), 1)
             if group:
                 self._add(line if line >= 0 else self._insert(group), 1)
+            if tenants is not None:
+                entry = self._find(tenants.mine.line)
+                self._add(entry if entry >= 0 else self._insert(tenants.mine.line), 1)
             return Admission.ADMITTED
         finally:
             _flock(self._fd, _LOCK_UN)
+
+    def _tenants_before(self, tenants: TenantRules, limit: int, since: int) -> int:
+        """The other workers' first waiters of each tenant whose place (held - guarantee,
+        tenants.py) comes before the caller's (or ties and arrived first); -1 if the caller's
+        tenant is at its max."""
+        rows = []  # (tenant, held, the other workers' heads on its line)
+        wanting = 0.0
+        for tenant in (tenants.mine, *tenants.others):
+            entry = self._find(tenant.line)
+            held, heads = 0, ()
+            if entry >= 0:
+                held = self._total(entry)
+                every = self._heads.unpack_from(self._map, self._offset(entry) + self._heads_at)
+                heads = tuple(h for column, h in enumerate(every) if h and column != self.index)
+                if held or any(every) or tenant is tenants.mine:
+                    wanting += tenant.weight
+            elif tenant is tenants.mine:
+                wanting += tenant.weight
+            rows.append((tenant, held, heads))
+        mine, my_held, _ = rows[0]
+        if my_held >= mine.ceiling:
+            return -1
+        my_place = my_held - guarantee(limit, mine.weight, wanting)
+        ahead = 0
+        for tenant, held, heads in rows:
+            if not heads or held >= tenant.ceiling:
+                continue
+            place = held - guarantee(limit, tenant.weight, wanting)
+            ahead += sum(1 for h in heads if place < my_place or (place == my_place and (not since or h < since)))
+        return ahead
+
+    def rate_busy(self, key: str) -> bool:
+        """Whether ``key`` took a token lately (its TAT lies ahead: its burst is not full)."""
+        with self._locked():
+            now = time.monotonic()
+            _, tat, _ = self._rate_bucket(key, now)
+        return tat > now
 
     # rates -------------------------------------------------------------------------------
     def pace(self, rates: Sequence[tuple[str, Rate]]) -> float:
@@ -206,10 +280,15 @@ class SlotTable:
             raise TableFull(f"more than {RATE_PROBES} hosts owing tokens share buckets (of {RATE_BUCKETS})")
         return free, 0.0, 0.0
 
-    def give_back(self, key: str, group: str = "") -> list[int]:
-        """Return one slot of ``key`` (and ``group``); the workers with waiters on its line."""
+    def give_back(self, key: str, group: str = "", tenant_line: str = "") -> list[int]:
+        """Return one slot of ``key`` (and ``group``, and a tenant's count at ``key``); the
+        workers with waiters on its line."""
         _flock(self._fd, _LOCK_EX)
         try:
+            if tenant_line:
+                entry = self._find(tenant_line)
+                if entry >= 0 and not self._add(entry, -1) and not self._heads_in_use(entry):
+                    self._drop(entry)
             host = self._find(key)
             line = host
             if host >= 0 and not self._add(host, -1) and not group and not self._heads_in_use(host):
@@ -243,6 +322,11 @@ class SlotTable:
             return wake
 
     # reading ---------------------------------------------------------------------------
+    def waiting_workers(self, line: str) -> list[int]:
+        """The workers other than this one with waiters on ``line``."""
+        with self._locked():
+            return self._waiting_workers(self._find(line))
+
     def total(self, key: str) -> int:
         with self._locked():
             return self._total(self._find(key))
@@ -271,7 +355,7 @@ class SlotTable:
                 if held:
                     _I32.pack_into(self._map, at + 4 * (1 + column), 0)
                     _I32.pack_into(self._map, at, _I32.unpack_from(self._map, at)[0] - held)
-                    if not key.startswith(SHARED):
+                    if not key.startswith((SHARED, TENANT)):
                         given += held
                 _I64.pack_into(self._map, self._head_offset(entry, column), 0)
                 lines.append(key)

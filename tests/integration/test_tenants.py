@@ -8,12 +8,14 @@ the cap, ``max`` caps a tenant on an idle host, and every slot comes back.
 from __future__ import annotations
 
 import base64
+import re
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import requests
@@ -314,33 +316,52 @@ def tenant_fleet(redis_server: RedisServer, redis_prefix: str) -> Iterator[list[
 LEASE = 1.5
 
 
+class Contention(NamedTuple):
+    """What tenant b (3 clients) saw against tenant a's many, as the upstream counted it."""
+
+    waits: list[float]  # b's waits for a slot
+    share_a: float  # a's open connections on average while b was active
+    refused: int  # connections of either refused
+
+
+def _contend(
+    ports: list[int], upstream: TenantUpstream, cap: int, a_clients: int, midway: Callable[[], None] = lambda: None
+) -> Contention:
+    """a's clients (spread over ``ports``) fill the idle cap, then b's 3 join for 4 s (``midway``
+    runs after 2 s); each holds its tunnel 200 ms in a loop."""
+    target = upstream.authority
+    stop = threading.Event()
+    a = [TenantClient(ports[i % len(ports)], target, "a", 0.2, stop) for i in range(a_clients)]
+    b = [TenantClient(ports[i % len(ports)], target, "b", 0.2, stop) for i in range(3)]
+    _run(a)
+    wait_for(lambda: upstream.open("a") == cap, 10, "tenant a holding the whole idle cap")
+    _run(b)
+    started = time.monotonic()
+    time.sleep(2)
+    midway()
+    time.sleep(2)
+    ended = time.monotonic()
+    _stop(stop, a + b)
+    waits = [w for client in b for w in client.waits]
+    share_a = upstream.average("a", started + 0.5, ended)
+    print(
+        f"b: {len(waits)} connections, wait p50 {percentile(waits, 0.5) * 1000:.0f} ms, "
+        f"p99 {percentile(waits, 0.99) * 1000:.0f} ms; a: {share_a:.2f} open on average"
+    )
+    return Contention(waits, share_a, sum(len(client.refused) for client in a + b))
+
+
 def test_three_redis_workers_under_load_keep_the_cap_and_the_fair_order(
     tenant_fleet: list[ProxyProcess], tenant_upstream: TenantUpstream
 ) -> None:
     """Tenants spread over three worker processes: a runs 30 clients, b 3, each holding
     200 ms. The upstream never sees more than the cap, and b, owed 3 of 6, gets a slot
     within about one hold time while a keeps the rest busy."""
-    target = tenant_upstream.authority
-    stop = threading.Event()
-    a = [TenantClient(tenant_fleet[i % 3].port, target, "a", 0.2, stop) for i in range(30)]
-    b = [TenantClient(tenant_fleet[i % 3].port, target, "b", 0.2, stop) for i in range(3)]
-    _run(a)
-    wait_for(lambda: tenant_upstream.open("a") == 6, 10, "tenant a holding the whole idle cap")
-    _run(b)
-    started = time.monotonic()
-    time.sleep(4)
-    ended = time.monotonic()
-    _stop(stop, a + b)
-    waits = [w for client in b for w in client.waits]
-    share_a = tenant_upstream.average("a", started + 0.5, ended)
-    print(
-        f"b: {len(waits)} connections, wait p50 {percentile(waits, 0.5) * 1000:.0f} ms, "
-        f"p99 {percentile(waits, 0.99) * 1000:.0f} ms; a: {share_a:.2f} open on average"
-    )
+    seen = _contend([worker.port for worker in tenant_fleet], tenant_upstream, 6, 30)
     assert tenant_upstream.max_total <= 6
-    assert percentile(waits, 0.99) <= 0.5, "b waited past its guarantee"
-    assert share_a >= 2.5, "a kept the slots b did not need"
-    assert not any(client.refused for client in a + b), "no refusal within a 10 s queue timeout"
+    assert percentile(seen.waits, 0.99) <= 0.5, "b waited past its guarantee"
+    assert seen.share_a >= 2.5, "a kept the slots b did not need"
+    assert not seen.refused, "no refusal within a 10 s queue timeout"
 
 
 def test_a_killed_workers_tenant_slots_come_back_within_the_lease(
@@ -369,3 +390,34 @@ def test_a_killed_workers_tenant_slots_come_back_within_the_lease(
     for held_sock in held:
         held_sock.close()
     # redis_prefix's check after the test: no count of the host or of a tenant is left
+
+
+def test_workers_share_the_tenants_counts_in_the_machines_table(tenant_upstream: TenantUpstream) -> None:
+    """--workers 2 in local mode: each tenant's count and first waiters are in the shared
+    table, so the fair order holds for the machine whichever worker a client reaches."""
+    admin = free_port()
+    proc = ProxyProcess(
+        *("--workers", "2", "--max-connections", "10", "--queue-timeout", "10", "--shutdown-timeout", "2"),
+        *("--tenant-by", "header", "--tenant-share", "a=1", "--tenant-share", "b=1", "--admin-port", str(admin)),
+    )
+    pages: dict[str, object] = {}
+
+    def read_the_pages() -> None:  # the machine's counts once (each worker reads them from the table)
+        target = tenant_upstream.authority
+        pages["hosts"] = requests.get(f"http://127.0.0.1:{admin}/hosts/{target}", timeout=5).json()["tenants"]
+        pages["metrics"] = requests.get(f"http://127.0.0.1:{admin}/metrics", timeout=5).text
+
+    try:
+        seen = _contend([proc.port], tenant_upstream, 10, 40, read_the_pages)
+    finally:
+        assert proc.stop(timeout=30) == 0
+    assert tenant_upstream.max_total <= 10
+    assert percentile(seen.waits, 0.99) <= 0.5, "b waited past its guarantee"
+    assert seen.share_a >= 6, "a kept the slots b did not need"
+    assert not seen.refused
+    shown, metrics = pages["hosts"], str(pages["metrics"])
+    assert isinstance(shown, dict) and shown["a"]["guarantee"] == shown["b"]["guarantee"] == 5
+    assert shown["a"]["max"] == 10
+    assert 5 <= shown["a"]["open"] <= 10 and shown["a"]["open"] + shown["b"]["open"] <= 10, shown
+    gauges = {t: float(v) for t, v in re.findall(r'^dprl_tenant_connections\{tenant="(\w+)"\} (\S+)$', metrics, re.M)}
+    assert 5 <= gauges["a"] <= 10 and gauges.get("b", 0) <= 10, gauges  # each worker's reading is shown once

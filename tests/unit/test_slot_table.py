@@ -8,13 +8,15 @@ import random
 import pytest
 
 from dprl.limits.limiter import Admission
-from dprl.workers.slot_table import SlotTable, TableFull
+from dprl.limits.tenants import tenant_key
+from dprl.workers.slot_table import SlotTable, TableFull, TenantLine, TenantRules
 
-ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST = (
+ADMITTED, HOST_FULL, GROUP_FULL, OTHERS_FIRST, TENANT_SHARE = (
     Admission.ADMITTED,
     Admission.HOST_FULL,
     Admission.GROUP_FULL,
     Admission.OTHERS_FIRST,
+    Admission.TENANT_SHARE,
 )
 
 
@@ -135,3 +137,38 @@ def test_a_refusal_at_the_cap_takes_no_token_in_the_table():
     assert a.take("api", 1, rates=[("api", rate)]) == Admission.RATE
     a.close()
     table.close()
+
+
+def _rules(host: str, mine: str, shares: dict[str, tuple[float, int]]) -> TenantRules:
+    lines = {name: TenantLine(tenant_key(name, host), weight, top) for name, (weight, top) in shares.items()}
+    return TenantRules(lines[mine], tuple(line for name, line in lines.items() if name != mine))
+
+
+def test_tenant_counts_ceilings_and_the_fair_order_across_workers() -> None:
+    """Cap 4, tenants a and b of equal weight: each tenant's count is the machine's, a's max
+    holds, and a waiter of b at another worker goes before a's arrival over its guarantee."""
+    a_worker, b_worker = handles(SlotTable.create(workers=2), 2)
+    capped = _rules("api", "a", {"a": (1.0, 3), "b": (1.0, 4)})
+    assert [a_worker.take("api", 4, tenants=capped) for _ in range(4)] == [ADMITTED] * 3 + [TENANT_SHARE]  # a's max
+    assert a_worker.take("api", 4, tenants=_rules("api", "a", {"a": (1.0, 4), "b": (1.0, 4)})) == ADMITTED
+    as_a, as_b = _rules("api", "a", {"a": (1.0, 4), "b": (1.0, 4)}), _rules("api", "b", {"a": (1.0, 4), "b": (1.0, 4)})
+    assert a_worker.total(tenant_key("a", "api")) == 4 and b_worker.total("api") == 4
+    b_worker.set_head(tenant_key("b", "api"), 100)  # b waits at the other worker (holds 0 of its 2)
+    a_worker.give_back("api", tenant_line=tenant_key("a", "api"))
+    assert a_worker.take("api", 4, since=200, tenants=as_a) == TENANT_SHARE  # the free slot is owed to b
+    assert b_worker.take("api", 4, since=100, tenants=as_b) == ADMITTED
+    b_worker.set_head(tenant_key("b", "api"), 0)
+    a_worker.give_back("api", tenant_line=tenant_key("a", "api"))
+    assert a_worker.take("api", 4, since=200, tenants=as_a) == ADMITTED  # nobody else waits
+    for worker, tenant, count in ((a_worker, "a", 3), (b_worker, "b", 1)):
+        for _ in range(count):
+            worker.give_back("api", tenant_line=tenant_key(tenant, "api"))
+    assert a_worker.totals() == {} and not any(a_worker._map[64 : 64 + a_worker.capacity * a_worker.entry_size])
+
+
+def test_a_dead_workers_tenant_counts_go_with_its_column() -> None:
+    supervisor, worker = handles(SlotTable.create(workers=2), 2)
+    rules = _rules("api", "a", {"a": (1.0, 4)})
+    assert [worker.take("api", 4, tenants=rules) for _ in range(2)] == [ADMITTED] * 2
+    assert supervisor.forget(1) == 2  # the host's slots; the tenant's count goes with them
+    assert supervisor.totals() == {}
