@@ -7,13 +7,14 @@ end, abort, timeout, killed greenlet) can call it from a ``finally`` without cou
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from enum import IntEnum
 
 from ..stats import ProxyStats
 from .hosts import HostKey, HostLimits
-from .tenants import Standing, TenantShares
+from .tenants import Lifetimes, Standing, TenantShares
 from .waiting import QueuePolicy, WaitingRoom, Watch
 
 
@@ -83,6 +84,7 @@ class Limiter(ABC):
         self.stats = stats if stats is not None else ProxyStats(pinned=limits.has_override)
         self.waiting = WaitingRoom(QueuePolicy())  # connections over the cap waiting for a slot
         self.tenants = TenantShares()  # shares of a host's cap and rate (none: no tenants)
+        self.lifetimes = Lifetimes()  # how long tenants' connections to each host last lately
         # Set by the server: end the upstream connections of these host keys whose slots are
         # shared, and return how many (a worker whose lease lapsed, --on-lease-loss close).
         self.fence: Callable[[set[HostKey]], int] | None = None
@@ -128,6 +130,24 @@ class Limiter(ABC):
         guarantee, ceiling) under ``limit``; ``asking``: a tenant that wants it too."""
         waiting = self.waiting.tenant_counts(key, line)
         return self.tenants.standings(limit, self.tenant_counts(key), waiting, asking)
+
+    def _hopeless_wait(self, key: HostKey, tenant: str, ahead: int, open_: int, limit: int) -> str:
+        """Why a tenant's arrival should be refused now rather than wait, when ``ahead``
+        waiters of tenants below their guarantee go before it and the host's recent
+        connection lifetimes say its turn comes after --queue-timeout ("" if it may come
+        in time, or that cannot be told yet)."""
+        timeout = self.waiting.policy.timeout
+        wait = self.lifetimes.expected_wait(key, ahead + 1 - max(limit - open_, 0), open_)
+        if wait is None or wait <= timeout:
+            return ""
+        return (
+            f"tenant {tenant} holds its guarantee or more and {ahead} waiting connection(s) of tenants "
+            f"below theirs go first: its turn would come in about {wait:.1f}s, after --queue-timeout {timeout:g}s"
+        )
+
+    def _closed(self, tenant: str, admitted: float, key: HostKey) -> None:
+        """A tenant's connection to ``key`` admitted at ``admitted`` (monotonic) ended."""
+        self.lifetimes.closed(key, time.monotonic() - admitted)
 
     def next_tokens(self, keys: Iterable[HostKey] = ()) -> dict[HostKey, float]:
         """Seconds until the next token of rated hosts whose burst is not full, among ``keys``

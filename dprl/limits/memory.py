@@ -33,6 +33,7 @@ class MemoryLimiter(Limiter):
         self._rate_timers: dict[str, object] = {}  # line -> the hub timer of its next token
         self._rate_wait = 0.0  # of the last Admission.RATE: read in the same step, before any yield
         self._tenant_held: dict[HostKey, dict[str, int]] = {}  # connections per host, per tenant
+        self._tenant_ahead = 0  # of the last _tenant_gate: waiters before it in fair order (same step)
 
     def acquire(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> Slot:
         limit, cap, line, _rate, rates = self.limits.policy_for(key)
@@ -54,6 +55,7 @@ class MemoryLimiter(Limiter):
         self, tenant: str, key: HostKey, watch: Watch | None, limit: int, cap: SharedCap | None, line: str
     ) -> Slot:
         """``acquire`` for a host whose cap tenants share: the fair order decides who is next."""
+        self._tenant_ahead = 0
         verdict = self._tenant_gate(key, line, limit, tenant)
         if verdict == Admission.ADMITTED:
             verdict = self._try_take(key, limit, cap, 0, tenant)
@@ -65,6 +67,12 @@ class MemoryLimiter(Limiter):
             if verdict == Admission.TENANT_SHARE:
                 raise self._share_refusal(key, line, limit, tenant)
             raise self._refusal(key, limit, cap)
+        if verdict in (Admission.TENANT_SHARE, Admission.HOST_FULL) and self._tenant_ahead:
+            mine = self.standings(key, line, limit, tenant)[tenant]
+            if mine.guarantee <= mine.held < mine.ceiling:  # behind tenants below their guarantee
+                why = self._hopeless_wait(key, tenant, self._tenant_ahead, self.fleet_count(key), limit)
+                if why:
+                    raise TenantShareExceeded(key, limit, tenant, why)
         self._refuse_a_useless_wait(key, line, limit)
         return self._wait(key, line, limit, watch, tenant)
 
@@ -86,15 +94,16 @@ class MemoryLimiter(Limiter):
         k = sum(1 for w in queued if w.tenant == tenant)  # its own waiters come first
         if not eligible(mine, k):
             return Admission.TENANT_SHARE
-        free = limit - self.fleet_count(key)
-        if free <= 0:
-            return Admission.HOST_FULL
         my_place = place(mine, k)
         for other in queued:
             j = before[other.tenant] = before.get(other.tenant, -1) + 1
             standing = standings[other.tenant]
             if eligible(standing, j) and place(standing, j) <= my_place:
                 ahead += 1
+        self._tenant_ahead = ahead  # read when it must wait (_hopeless_wait)
+        free = limit - self.fleet_count(key)
+        if free <= 0:
+            return Admission.HOST_FULL
         return Admission.ADMITTED if ahead < free else Admission.TENANT_SHARE
 
     def _fair_order(self, line: str) -> list[Waiter]:
@@ -243,7 +252,7 @@ class MemoryLimiter(Limiter):
 
     def _slot(self, key: HostKey, group: str, tenant: str = "") -> Slot:
         if tenant:
-            return Slot(key, functools.partial(self._release_as, group, tenant))
+            return Slot(key, functools.partial(self._release_as, group, tenant, time.monotonic()))
         if group:
             return Slot(key, functools.partial(self._release_shared, group))
         return Slot(key, self._release)
@@ -328,7 +337,8 @@ class MemoryLimiter(Limiter):
     def _release_shared(self, group: str, key: HostKey) -> None:
         self._give_back(key, group)
 
-    def _release_as(self, group: str, tenant: str, key: HostKey) -> None:
+    def _release_as(self, group: str, tenant: str, admitted: float, key: HostKey) -> None:
+        self._closed(tenant, admitted, key)
         self._give_back(key, group, tenant)
 
     def _give_back(self, key: HostKey, group: str, tenant: str = "") -> None:

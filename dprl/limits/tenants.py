@@ -179,3 +179,33 @@ def place(standing: Standing, k: int) -> int:
 def eligible(standing: Standing, k: int) -> bool:
     """Whether the tenant's ``k``-th waiter fits under its ``max``."""
     return standing.held + k < standing.ceiling
+
+
+class Lifetimes:
+    """How long connections to each host lasted lately (per host, a running mean over about
+    the last 16), to tell at arrival whether a tenant's wait behind others can end within
+    its queue timeout. Bounded: forgotten whole past ``size`` hosts."""
+
+    SAMPLES = 8  # closed connections seen before the mean is trusted
+    WINDOW = 16
+
+    def __init__(self, size: int = 10000) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}  # host key -> (mean lifetime s, samples)
+        self._size = size
+
+    def closed(self, key: str, lifetime: float) -> None:
+        mean, samples = self._seen.get(key, (lifetime, 0))
+        samples += 1
+        if samples > 1:
+            mean += (lifetime - mean) / min(samples, self.WINDOW)
+        if key not in self._seen and len(self._seen) >= self._size:
+            self._seen.clear()
+        self._seen[key] = (mean, samples)
+
+    def expected_wait(self, key: str, slots: int, open_: int) -> float | None:
+        """Seconds until ``slots`` of the ``open_`` connections to ``key`` have closed, as the
+        host's recent lifetimes suggest (closes spread evenly); None: not known yet."""
+        seen = self._seen.get(key)
+        if seen is None or seen[1] < self.SAMPLES or open_ <= 0:
+            return None
+        return max(slots, 0) * seen[0] / open_

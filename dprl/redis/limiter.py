@@ -62,6 +62,9 @@ class Attempt(NamedTuple):
     shared_cap: str = ""  # the shared cap that refused, if it was one
     rate_wait: float = 0.0  # seconds until the caller's token, when the rate (not a cap) refused it
     by_tenant: bool = False  # refused by the tenants' rules (its max, or others first in fair order)
+    over_guarantee: bool = False  # others first, and its tenant holds its guarantee or more
+    ahead: int = 0  # waiters before it (in fair order, with tenants)
+    fleet: int = 0  # the host's open connections, fleet-wide
 
 
 def _rate_args(rate: Rate | None) -> tuple[str, str]:
@@ -182,6 +185,10 @@ class RedisLimiter(Limiter):
             if attempt.by_tenant:
                 raise self._share_refusal(key, limit, tenant)
             raise LimitExceeded(key, limit)
+        if attempt.over_guarantee:  # behind tenants below their guarantee: in time?
+            why = self._hopeless_wait(key, tenant, attempt.ahead, attempt.fleet, limit)
+            if why:
+                raise TenantShareExceeded(key, limit, tenant, why)
         return self._wait(key, limit, watch, tenant)
 
     def _share_refusal(self, key: HostKey, limit: int, tenant: str) -> TenantShareExceeded:
@@ -329,14 +336,19 @@ class RedisLimiter(Limiter):
         if not reply.admitted:
             shared_cap = cap.name if reply.by_shared and cap is not None else ""
             rate_wait = reply.rate_wait_us / 1e6
-            return Attempt(None, shared_cap=shared_cap, rate_wait=rate_wait, by_tenant=bool(reply.by_tenant))
+            by_tenant, over = bool(reply.by_tenant), reply.by_tenant == 2
+            return Attempt(None, False, shared_cap, rate_wait, by_tenant, over, reply.ahead, reply.total)
         if reply.own_before < 0:  # this admission gave the worker its lease on key
             self.leases.created(shard, key, sent_at)
         else:
             self.leases.admitted(key, sent_at)
         if waiter is not None and self.router.queue_skipped:  # its ticket is still queued: give it up
             gevent.spawn(self._leave_queue, key, waiter.ticket)
-        slot = Slot(key, functools.partial(self._release, tenant), shared=True)
+        if tenant:  # how long it lasts is kept too (Limiter._hopeless_wait)
+            release = functools.partial(self._release_timed, tenant, time.monotonic())
+        else:
+            release = functools.partial(self._release, "")
+        slot = Slot(key, release, shared=True)
         if self.wait_replicas:
             self._wait_for_replicas(shard, slot)
         return Attempt(slot, wake_next=reply.wake_self == 1)
@@ -448,6 +460,10 @@ class RedisLimiter(Limiter):
         if int(acknowledged) < self.wait_replicas:
             slot.release()
             raise LimiterUnavailable(f"only {acknowledged} of {self.wait_replicas} replicas confirmed the admission")
+
+    def _release_timed(self, tenant: str, admitted: float, key: HostKey) -> None:
+        self._closed(tenant, admitted, key)
+        self._release(tenant, key)
 
     def _release(self, tenant: str, key: HostKey) -> None:
         """Send the release and wait for it (bounded by the Redis timeout).

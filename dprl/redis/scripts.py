@@ -155,7 +155,8 @@ class AcquireReply(NamedTuple):
     by_shared: int  # 1 if refused by the shared cap rather than the host's own
     rate_wait_us: int  # µs until the caller's token when the rate (not a cap) refused it, else 0
     next_token_us: int  # µs until the host's next token after this call (0: one is there, or no rate)
-    by_tenant: int  # 1 if refused by the tenants' rules
+    by_tenant: int  # refused by the tenants' rules: 0 no, 1 at its max, 2 owed to others (at or over
+    # its guarantee), 3 owed to others (below its guarantee)
     tenants_held: list  # [tenant, fleet count, ...] at the host (tenants configured), else empty
 
     @classmethod

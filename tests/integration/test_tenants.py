@@ -421,3 +421,52 @@ def test_workers_share_the_tenants_counts_in_the_machines_table(tenant_upstream:
     assert 5 <= shown["a"]["open"] <= 10 and shown["a"]["open"] + shown["b"]["open"] <= 10, shown
     gauges = {t: float(v) for t, v in re.findall(r'^dprl_tenant_connections\{tenant="(\w+)"\} (\S+)$', metrics, re.M)}
     assert 5 <= gauges["a"] <= 10 and gauges.get("b", 0) <= 10, gauges  # each worker's reading is shown once
+
+
+@pytest.mark.parametrize("mode", ["local", "redis"])
+def test_a_tenant_over_its_guarantee_is_refused_at_once_when_its_turn_would_come_too_late(
+    mode: str,
+    request: pytest.FixtureRequest,
+    make_proxy: Callable[..., ProxyRateLimiter],
+    tenant_upstream: TenantUpstream,
+) -> None:
+    """Cap 4, --queue-timeout 0.8, a and b of equal weight; a's connections have lasted 1.5 s.
+    With a holding 3 and b 1, and 2 of b's waiting (b is below its guarantee of 2), a's next
+    arrival would get its turn only after 3 of the 4 open connections close (about 1.1 s):
+    refused at once with the reason, not queued to time out. b's waiters are queued, and
+    admitted as a's connections close."""
+    settings: dict[str, object] = dict(queue_timeout=0.8, tenant_shares={"a": "1", "b": "1"}, admin_port=free_port())
+    if mode == "redis":
+        redis_server = request.getfixturevalue("redis_server")
+        (proxy,) = _redis_workers(1, redis_server, request.getfixturevalue("redis_prefix"), 4, **settings)
+        request.addfinalizer(lambda: proxy.stop(timeout=2))
+    else:
+        proxy = make_proxy(4, tenant_by="header", **settings)
+    target = tenant_upstream.authority
+    for _ in range(2):  # the host's recent lifetimes: 8 connections of 1.5 s
+        held = [_connect_as(proxy.port, target, "X-Dprl-Tenant: a\r\n") for _ in range(4)]
+        time.sleep(1.5)  # the lifetime under test
+        for sock in held:
+            sock.close()
+        wait_for(lambda: not proxy.limiter.process_counts(), 5, "a's slots back")
+    held = [_connect_as(proxy.port, target, f"X-Dprl-Tenant: {t}\r\n") for t in "aaab"]
+    waiting = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", proxy.port))
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Dprl-Tenant: b\r\n\r\n".encode())
+        waiting.append(sock)
+    wait_for(lambda: proxy.limiter.waiting_counts().get(target) == 2, 5, "b's two waiting")
+    sock = socket.create_connection(("127.0.0.1", proxy.port))
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nX-Dprl-Tenant: a\r\n\r\n".encode())
+    answer = read_head(sock) + sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 500"), answer
+    assert b"2 waiting connection(s) of tenants below theirs go first" in answer, answer
+    assert b"after --queue-timeout 0.8s" in answer, answer
+    metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+    assert 'dprl_tenant_refusals_total{reason="tenant_share",tenant="a"} 1.0' in metrics
+    for sock in held:
+        sock.close()
+    for sock in waiting:
+        assert read_head(sock).startswith(b"HTTP/1.1 200")
+        sock.close()

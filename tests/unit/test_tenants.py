@@ -9,7 +9,16 @@ from dprl.errors import TenantShareExceeded
 from dprl.limits.hosts import HostLimits
 from dprl.limits.memory import MemoryLimiter
 from dprl.limits.rates import Rate
-from dprl.limits.tenants import DEFAULT_TENANT, Share, TenantShares, ceiling, guarantee, parse_share, parse_shares
+from dprl.limits.tenants import (
+    DEFAULT_TENANT,
+    Lifetimes,
+    Share,
+    TenantShares,
+    ceiling,
+    guarantee,
+    parse_share,
+    parse_shares,
+)
 
 
 def test_shares_parse_and_refuse_bad_text() -> None:
@@ -89,3 +98,19 @@ def test_no_shares_means_no_tenants() -> None:
     slot = limiter.acquire("h", tenant="a")
     assert limiter.tenant_counts("h") == {}
     slot.release()
+
+
+def test_lifetimes_tell_a_wait_only_once_they_have_seen_enough() -> None:
+    lifetimes = Lifetimes(size=2)
+    for _ in range(Lifetimes.SAMPLES - 1):
+        lifetimes.closed("api", 2.0)
+    assert lifetimes.expected_wait("api", 3, 4) is None  # not enough seen yet
+    lifetimes.closed("api", 2.0)
+    assert lifetimes.expected_wait("api", 3, 4) == pytest.approx(1.5)  # 3 of 4 closes, 2 s each
+    assert lifetimes.expected_wait("api", 0, 4) == 0.0 and lifetimes.expected_wait("api", 3, 0) is None
+    for _ in range(Lifetimes.WINDOW * 4):  # the mean follows what connections last now
+        lifetimes.closed("api", 0.5)
+    assert lifetimes.expected_wait("api", 4, 4) == pytest.approx(0.5, rel=0.05)
+    lifetimes.closed("b", 1.0)
+    lifetimes.closed("c", 1.0)  # a third host: the book is forgotten rather than grown
+    assert lifetimes.expected_wait("api", 4, 4) is None

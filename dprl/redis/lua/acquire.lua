@@ -35,7 +35,10 @@
 --          1 if refused by the shared cap rather than the host's own,
 --          µs until this caller's token when the rate (not a cap) refused it, else 0,
 --          µs until the host's next token after this call (0: one is there, or no rate),
---          1 if refused by the tenants' rules, {tenant, held, ...} (no tenants: empty)}
+--          refused by the tenants' rules: 0 no, 1 its tenant is at its max, 2 its tenant holds its
+--          guarantee or more and waiters before it in the fair order take the free slots (or
+--          the host is full), 3 the free slots are owed to waiters before it, its tenant below
+--          its guarantee; {tenant, held, ...} (no tenants: empty)}
 --   admitted: 1, 0 (at the limit or the rate), or -1: the marker is missing or is not the
 --   epoch this worker knows, so this store lost data (restart, FLUSHALL, failover) and
 --   counts held elsewhere may be missing: nothing is admitted until holders re-asserted them.
@@ -231,7 +234,12 @@ if tenanted then
     refused_by_tenant = 1
     ahead = math.max(room, cap_room)
   elseif cap_room > 0 and ahead >= cap_room then
-    refused_by_tenant = 1  -- free slots, but owed to waiters before it in the fair order
+    refused_by_tenant = 3  -- free slots, but owed to waiters before it in the fair order
+    if my_place >= 0 then
+      refused_by_tenant = 2
+    end
+  elseif total >= limit and my_place >= 0 and ahead > 0 then
+    refused_by_tenant = 2  -- the host is full, and waiters below their guarantee go first
   end
   for _, t in ipairs(tenants) do
     for _, ticket in ipairs(t.dead) do
