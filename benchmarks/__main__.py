@@ -28,6 +28,7 @@ from .harness import EXTRA_ARGS, ROOT, TREES, ensure_tools
 from .instructions import figure_instructions
 from .limits import figure_limits
 from .memory import figure_hosts_rss, figure_rss
+from .parents import figure_parent_tunnels
 from .parser import figure_redis_parser
 from .plain import figure_plain
 from .queue import figure_queue
@@ -62,6 +63,7 @@ FIGURES: dict[str, Callable[[argparse.Namespace, Path], dict | list[dict]]] = {
     "instructions": figure_instructions,
     "tenant-cost": figure_tenant_cost,
     "tenant-fairness": figure_tenant_fairness,
+    "parent-tunnels": figure_parent_tunnels,
 }
 
 

@@ -34,6 +34,18 @@ YOUNG_OBJECTS = 10_000  # gc threshold of the youngest generation in python -m d
 _INI_KEYS = {flag(spec)[2:] for spec in options()}
 
 
+# INI sections of one option each, one 'KEY = VALUE' line per entry, and how its list joins them
+_SECTIONS = {
+    "host-limits": ",",
+    "host-rates": ",",
+    "shared-limits": ";",
+    "shared-rates": ",",
+    "tenant-shares": ",",
+    "parent-pools": ";",
+    "routes": ",",
+}
+
+
 class IniConfigFileParser(configargparse.ConfigFileParser):
     """``[dprl]`` holds options by flag name; ``[host-limits]`` holds ``host = N`` lines."""
 
@@ -41,7 +53,8 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
         return (
             "The config file is INI: a [dprl] section with options by their long flag name "
             "(port = 8080), a [host-limits] section with one 'host = N' line per host, a [host-rates] "
-            "section with one 'host = RATE' line per host, a [shared-limits] and a [tenant-shares] section."
+            "section with one 'host = RATE' line per host, [shared-limits], [shared-rates], [tenant-shares], "
+            "[parent-pools] ('name = URL, URL') and [routes] ('pattern = pool', in order) sections."
         )
 
     def parse(self, stream: IO[str]) -> OrderedDict:
@@ -54,25 +67,17 @@ class IniConfigFileParser(configargparse.ConfigFileParser):
             raise configargparse.ConfigFileParserException(f"config file: {message}") from None
         items: OrderedDict = OrderedDict()
         for section in ini.sections():
-            if section == "host-limits":
-                items["host-limits"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
-            elif section == "host-rates":
-                items["host-rates"] = ",".join(f"{host}={value}" for host, value in ini.items(section))
-            elif section == "shared-rates":
-                items["shared-rates"] = ",".join(f"{name}={value}" for name, value in ini.items(section))
-            elif section == "tenant-shares":
-                items["tenant-shares"] = ",".join(f"{name}={value}" for name, value in ini.items(section))
-            elif section == "shared-limits":
-                items["shared-limits"] = ";".join(f"{name}={value}" for name, value in ini.items(section))
+            if section in _SECTIONS:  # one line per entry: the option's list, joined
+                items[section] = _SECTIONS[section].join(f"{key}={value}" for key, value in ini.items(section))
             elif section == "dprl":
                 for key, value in ini.items(section):
                     if key not in _INI_KEYS:
                         raise configargparse.ConfigFileParserException(f"config file: unknown option {key!r} in [dprl]")
                     items[key] = value
             else:
+                expected = ", ".join(f"[{name}]" for name in ("dprl", *_SECTIONS))
                 raise configargparse.ConfigFileParserException(
-                    f"config file: unknown section [{section}] "
-                    "(expected [dprl], [host-limits], [host-rates], [shared-limits], [shared-rates], [tenant-shares])"
+                    f"config file: unknown section [{section}] (expected {expected})"
                 )
         return items
 

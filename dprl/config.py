@@ -23,6 +23,8 @@ from .config_values import (
     _host_rates,
     _not_empty,
     _one_of,
+    _parent_pools,
+    _parent_routes,
     _port,
     _positive,
     _redis_addr,
@@ -38,6 +40,8 @@ from .config_values import (
     parse_host_limits,
     parse_host_rates,
     parse_networks,
+    parse_parent_pools,
+    parse_parent_routes,
     parse_ports,
     parse_shared_limits,
     parse_shared_rates,
@@ -49,6 +53,7 @@ from .errors import ConfigError
 from .limits.hosts import SharedCap
 from .limits.rates import Rate
 from .limits.tenants import Share
+from .parents.spec import PoolSpec, check_routes
 from .proxy.tenancy import BY_CLIENT, BY_USER
 from .redact import MASK, masked_url
 from .redis.address import RedisDeployment
@@ -346,6 +351,50 @@ class Config:
         env="DPRL_TENANT_HEADER",
         check=_field_name,
     )
+    # parent proxies -------------------------------------------------------------------------
+    parent_pools: dict[str, PoolSpec] = option(
+        {},
+        "pools of parent proxies, as NAME=URL[,URL...][,select=STRATEGY][,max=N];... (URLs http://, https://, "
+        "socks5://, socks5h://, credentials in the URL, ?max=N caps one parent fleet-wide, ?weight=N; STRATEGY: "
+        "round-robin, least-connections or destination-hash; INI: a [parent-pools] section)",
+        env="DPRL_PARENT_POOLS",
+        parse=parse_parent_pools,
+        check=_parent_pools,
+        docs_default="",
+        metavar="NAME=URL,...;...",
+        repeat_flag=("--parent-pool", "NAME=URL,...", "one pool of parent proxies (repeatable)"),
+        secret=True,
+    )
+    routes: dict[str, str] = option(
+        {},
+        "which destinations go through which pool, as PATTERN=POOL,... (HOST, *.DOMAIN or *; POOL may be "
+        "direct; the first match wins; unmatched: direct; INI: a [routes] section)",
+        env="DPRL_ROUTES",
+        parse=parse_parent_routes,
+        check=_parent_routes,
+        docs_default="",
+        metavar="PATTERN=POOL,...",
+        repeat_flag=("--route", "PATTERN=POOL", "one route (repeatable; in order, the first match wins)"),
+    )
+    parent_auth: str = option(
+        "own",
+        "credentials for parents: own (each parent URL's, the client's Proxy-Authorization is never "
+        "forwarded) or passthrough (the client's Proxy-Authorization goes to the parent unchanged)",
+        env="DPRL_PARENT_AUTH",
+        check=_one_of(("own", "passthrough")),
+    )
+    parent_ca_file: str = option(
+        "",
+        "CA certificates (PEM) to verify https:// parents with, besides the system's",
+        env="DPRL_PARENT_CA_FILE",
+        metavar="FILE",
+    )
+    parent_failures: int = option(
+        3,
+        "consecutive failed connects or handshakes that eject a parent (probed again from 1 s to 60 s)",
+        env="DPRL_PARENT_FAILURES",
+        check=_at_least(1),
+    )
     # operations -----------------------------------------------------------------------------
     admin_port: int = option(
         0,
@@ -436,6 +485,10 @@ class Config:
                 )
         if not self.tenant_by:
             object.__setattr__(self, "tenant_by", BY_USER if self.proxy_auth or self.proxy_auth_file else BY_CLIENT)
+        try:
+            check_routes(self.routes, self.parent_pools)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         url = self.effective_redis_url
         for name, source, derive in (
             ("client_networks", "allow-clients", lambda: parse_networks(self.allow_clients)),
@@ -500,6 +553,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rates", ("max_rate", "host_rates", "shared_rates")),
     ("queueing", ("queue_timeout", "max_queue")),
     ("tenants", ("tenant_shares", "tenant_by", "tenant_groups", "tenant_header")),
+    ("parent proxies", ("parent_pools", "routes", "parent_auth", "parent_ca_file", "parent_failures")),
     (
         "timeouts",
         (

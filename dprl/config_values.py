@@ -14,6 +14,7 @@ from .http.target import split_authority
 from .limits.hosts import HostKey, normalize_limit_spec
 from .limits.rates import Rate, parse_rate
 from .limits.tenants import Share, check_tenant_name, parse_share, parse_shares
+from .parents.spec import PoolSpec, parse_pool, parse_pools, parse_route, parse_routes
 from .proxy.tenancy import TENANT_BY
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,6 +98,22 @@ def parse_tenant_shares(text: str) -> dict[str, Share]:
     """Comma-separated ``NAME=WEIGHT[:max=N%]``."""
     try:
         return parse_shares(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_parent_pools(text: str) -> dict[str, PoolSpec]:
+    """Pools separated by ``;``: ``NAME=URL[,URL...][,select=STRATEGY][,max=N]``."""
+    try:
+        return parse_pools(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_parent_routes(text: str) -> dict[str, str]:
+    """Comma-separated ``PATTERN=POOL|direct``, in order."""
+    try:
+        return parse_routes(text)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -244,6 +261,24 @@ def _tenant_by(value: str) -> str:
     if value and value not in TENANT_BY:
         raise ConfigError(f"must be {', '.join(TENANT_BY[:-1])} or {TENANT_BY[-1]}, got {value!r}")
     return value
+
+
+def _parent_pools(value: dict[str, PoolSpec | str]) -> dict[str, PoolSpec]:
+    """The library may give a pool as its text (``"http://p1:3128,http://p2:3128,select=least-connections"``)."""
+    pools = {}
+    try:
+        for name, pool in value.items():
+            pools[name] = parse_pool(f"{name}={pool}") if isinstance(pool, str) else pool
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return pools
+
+
+def _parent_routes(value: dict[str, str]) -> dict[str, str]:
+    try:
+        return dict(parse_route(f"{pattern}={pool}") for pattern, pool in value.items())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _tenant_shares(value: dict[str, Share | str]) -> dict[str, Share]:

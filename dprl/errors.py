@@ -26,6 +26,7 @@ class Reason(str, Enum):
     QUEUE_TIMEOUT = "queue_timeout"
     QUEUE_FULL = "queue_full"
     SHUTDOWN = "shutdown"
+    PARENT = "parent"  # a parent proxy refused the destination, or every parent of its pool is down
     INTERNAL = "internal"
 
     def __str__(self) -> str:
@@ -50,6 +51,7 @@ class ProxyError(Exception):
 
     status: int = 502
     reason: Reason | None = None  # None: the status tells (Reason.for_status)
+    fields: tuple[tuple[str, str], ...] = ()  # header fields the answer carries (a parent's Proxy-Authenticate)
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -64,6 +66,13 @@ class UpstreamError(ProxyError):
     """
 
     status = 502
+
+
+class ParentsUnavailable(UpstreamError):
+    """No parent of the destination's pool could carry the connection: every one is
+    ejected, or each one tried failed to connect or to complete its handshake."""
+
+    reason = Reason.PARENT
 
 
 class AccessDenied(ProxyError):

@@ -25,6 +25,8 @@ from .limits.rates import Rate, parse_rate
 from .limits.tenants import Share, parse_share
 from .net.dial import Resolver
 from .ops.admin import AdminServer
+from .parents.pool import Parents, ParentStatus, parent_status
+from .parents.spec import check_routes, parse_pool, parse_route
 from .proxy.server import ProxyServer
 from .stats import ProxyStats
 from .workers.seat import Seat
@@ -124,6 +126,7 @@ class ProxyRateLimiter:
         self.limiter.waiting.policy.timeout = self.config.queue_timeout
         self.limiter.waiting.policy.max_queue = self.config.max_queue
         self.limiter.tenants.replace(self.config.tenant_shares)
+        self.parents = Parents(self.config.parent_pools, self.config.routes)  # replaced in place on reload
         self._server: ProxyServer | None = None
         self._admin: AdminServer | None = None
         self._thread: threading.Thread | None = None
@@ -222,6 +225,35 @@ class ProxyRateLimiter:
         self.limiter.waiting.policy.max_queue = config.max_queue
         if config.tenant_shares != self.limiter.tenants.shares():
             self.limiter.tenants.replace(config.tenant_shares)
+        self.parents.replace(config.parent_pools, config.routes)
+
+    # parent proxies ----------------------------------------------------------------------
+    def set_parent_pool(self, name: str, pool: str | None) -> None:
+        """Add or replace the pool ``name`` (``"http://p1:3128,http://p2:3128,select=least-connections"``);
+        None removes it (routes to it must go first). Parents kept keep their state."""
+        pools = {n: p.spec for n, p in self.parents.pools.items()}
+        if pool is None:
+            pools.pop(name, None)
+        else:
+            pools[name] = parse_pool(f"{name}={pool}")
+        check_routes(self.parents.routes, pools)
+        self.parents.replace(pools, self.parents.routes)
+
+    def set_route(self, pattern: str, pool: str | None) -> None:
+        """Send destinations matching ``pattern`` (a host, ``*.DOMAIN`` or ``*``) through ``pool``
+        (or ``"direct"``); None removes the route. A new route goes last (the first match wins)."""
+        routes = dict(self.parents.routes)
+        key, target = parse_route(f"{pattern}={pool or 'direct'}")
+        routes.pop(key, None)
+        if pool is not None:
+            routes[key] = target
+        check_routes(routes, self.parents.pools)
+        self.parents.replace({n: p.spec for n, p in self.parents.pools.items()}, routes)
+
+    def parent_states(self) -> list[ParentStatus]:
+        """Each parent's state now: up or ejected (until when), in use, cap, failures."""
+        fleet = self.limiter.seen_fleet_counts()
+        return [parent_status(state, fleet) for state in self.parents.every_parent()]
 
     # tenants ---------------------------------------------------------------------------
     def set_tenant_share(self, tenant: str, share: str | Share | None) -> None:
@@ -346,7 +378,7 @@ class ProxyRateLimiter:
     # internals -------------------------------------------------------------------------
     def _build_server(self) -> None:
         c = self.config
-        server = ProxyServer(c, self.limiter, self.log, self.resolver, self.reuse_port)
+        server = ProxyServer(c, self.limiter, self.log, self.resolver, self.reuse_port, self.parents)
         admin = AdminServer(server, c.admin_bind, c.admin_port, self.log) if c.admin_port else None
         if admin is not None:
             admin.start()  # first: a port that cannot be bound stops the start before any serving

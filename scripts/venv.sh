@@ -18,4 +18,6 @@ ensure_test_tools() {
   command -v redis-server >/dev/null || apt_install redis-server
   command -v curl >/dev/null || apt_install curl
   command -v prometheus >/dev/null || apt_install prometheus  # tests/test_prometheus.py scrapes the admin listener
+  command -v tinyproxy >/dev/null || apt_install tinyproxy  # a real HTTP parent proxy (tests/integration/test_parents.py)
+  command -v danted >/dev/null || apt_install dante-server  # a real SOCKS5 parent proxy
 }

@@ -66,8 +66,17 @@ def serialize(start_line: str, fields: Fields) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
-def request_head(request: RequestHead, target: Target, framing: BodyFraming, upgrade: bool, keep_alive: bool) -> bytes:
-    """The request head for the upstream: origin-form, our Host, our framing, Via."""
+def request_head(
+    request: RequestHead,
+    target: Target,
+    framing: BodyFraming,
+    upgrade: bool,
+    keep_alive: bool,
+    parent_authorization: str | None = None,
+) -> bytes:
+    """The request head for the upstream: origin-form, our Host, our framing, Via. To an HTTP
+    parent proxy (``parent_authorization`` not None): absolute-form, with that
+    Proxy-Authorization when it is not empty."""
     drop = {"host", "expect"} if request.version == "HTTP/1.0" else {"host"}
     # RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored
     fields = [(k, v) for k, v in end_to_end(request, keep_upgrade=upgrade) if k.lower() not in drop]
@@ -78,7 +87,11 @@ def request_head(request: RequestHead, target: Target, framing: BodyFraming, upg
         fields.append(("Connection", "upgrade"))
     elif not keep_alive:
         fields.append(("Connection", "close"))
-    return serialize(f"{request.method} {target.path} HTTP/1.1", fields)
+    if parent_authorization is None:
+        return serialize(f"{request.method} {target.path} HTTP/1.1", fields)
+    if parent_authorization:
+        fields.append(("Proxy-Authorization", parent_authorization))
+    return serialize(f"{request.method} http://{target.authority}{target.path} HTTP/1.1", fields)
 
 
 def response_head(response: ResponseHead, fields: Fields, connection: str | None = None) -> bytes:

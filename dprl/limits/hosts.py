@@ -21,6 +21,7 @@ HostKey = str
 
 DEFAULT_PORTS = (80, 443)
 SHARED = "shared:"  # names a shared cap where a host key could stand (its waiting line, its count)
+COUNTED_ALONE = ("parent:",)  # keys counted with a limit of their own: no pattern, default or rate applies
 
 
 def host_key(host: str, port: int) -> HostKey:
@@ -151,6 +152,8 @@ class HostLimits:
         return policy
 
     def _work_out(self, key: HostKey) -> HostPolicy:
+        if key.startswith(COUNTED_ALONE):  # a parent proxy's count: its cap is the caller's
+            return HostPolicy(0, None, key, None, ())
         cap = self._shared_cap(key)
         rate = self._rate(key)
         rates: list[tuple[str, Rate]] = [] if rate is None else [(key, rate)]

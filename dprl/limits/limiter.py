@@ -97,6 +97,11 @@ class Limiter(ABC):
         (QueueTimeout, QueueFull, ShuttingDown; ConnectionLost if ``watch`` says the client
         left). ``tenant``: who asks (tenants.py; ignored without configured shares)."""
 
+    @abstractmethod
+    def acquire_parent(self, key: HostKey, limit: int) -> Slot:
+        """Take one of ``limit`` slots of a parent proxy's own count (``parent:...``), now or
+        never: LimitExceeded at its cap (another parent of its pool is tried), no queue."""
+
     def pace(self, key: HostKey, watch: Watch | None = None, tenant: str = "") -> None:  # noqa: B027 (no rates: nothing to take)
         """Take a token of ``key``'s rate for a request on a connection it already holds
         (a kept-alive upstream connection): its slot is counted, its requests are too.

@@ -76,6 +76,11 @@ class MemoryLimiter(Limiter):
         self._refuse_a_useless_wait(key, line, limit)
         return self._wait(key, line, limit, watch, tenant)
 
+    def acquire_parent(self, key: HostKey, limit: int) -> Slot:
+        if self._try_take(key, limit, None, 0) != Admission.ADMITTED:
+            raise LimitExceeded(key, limit)
+        return self._slot(key, "")
+
     # tenants ---------------------------------------------------------------------------
     def tenant_counts(self, key: HostKey) -> dict[str, int]:
         return dict(self._tenant_held.get(key, {}))

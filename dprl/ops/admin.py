@@ -82,6 +82,9 @@ class AdminServer:
             if reason:
                 return _reply(start_response, 503, f"not ready: {reason}\n".encode(), _TEXT)
             return _reply(start_response, 200, b"ready\n", _TEXT)
+        if path == "/parents":
+            body, _ = self._render(lambda shot: Rendered(_json({"parents": shot.parents}), _JSON))
+            return _reply(start_response, 200, body, _JSON)
         if path in ("/hosts", "/hosts/"):
             body, _ = self._render(lambda shot: Rendered(_hosts_document(shot), _JSON))
             return _reply(start_response, 200, body, _JSON)
@@ -92,7 +95,7 @@ class AdminServer:
                 return _reply(start_response, 400, f"not a host: {exc}\n".encode(), _TEXT)
             body, _ = self._render(lambda shot: Rendered(_json(host_row(shot, key)), _JSON))
             return _reply(start_response, 200, body, _JSON)
-        return _reply(start_response, 404, b"not found: try /metrics, /healthz, /readyz or /hosts\n", _TEXT)
+        return _reply(start_response, 404, b"not found: try /metrics, /healthz, /readyz, /hosts or /parents\n", _TEXT)
 
     # /limits -------------------------------------------------------------------------------
     def _limits(self, environ: dict, start_response: StartResponse, method: str, host: str) -> list[bytes]:
@@ -160,7 +163,7 @@ class AdminServer:
 
     def _render(self, render: Callable[[snapshot.Snapshot], Rendered]) -> Rendered:
         """Copy in the hub, render in a pool thread (the hub serves the proxy meanwhile)."""
-        shot = snapshot.take(self.proxy.limiter, len(self.proxy.sessions))
+        shot = snapshot.take(self.proxy.limiter, len(self.proxy.sessions), self.proxy.parents)
         return gevent.get_hub().threadpool.apply(render, (shot,))
 
 

@@ -15,6 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import choose_encoder
 
 from ..limits.hosts import HostKey
+from ..parents.health import FAILURE_REASONS
+from ..parents.pool import ParentStatus
 from ..stats import NO_HOST, OTHER
 from ..version import __version__
 from .snapshot import Snapshot
@@ -166,8 +168,31 @@ class SnapshotCollector:
             for (tenant, reason), n in sorted(s.tenant_refusals.items()):
                 refused.add_metric([tenant, reason], n)
             yield refused
+        if s.parents:
+            yield from _parent_metrics(s.parents)
         yield from s.histograms
         yield from _PROCESS.collect()
+
+
+def _parent_metrics(parents: list[ParentStatus]) -> Iterator[Metric]:
+    """Each parent proxy, labelled POOL/HOST:PORT (configured: bounded; never credentials)."""
+    connections = GaugeMetricFamily(
+        "dprl_parent_connections", "Connections open now through each parent proxy, this process.", labels=["parent"]
+    )
+    up = GaugeMetricFamily(
+        "dprl_parent_up", "1 while a parent proxy is offered, 0 while it is ejected.", labels=["parent"]
+    )
+    failures = CounterMetricFamily(
+        "dprl_parent_failures",
+        "Failed connects, handshakes and TLS handshakes to each parent proxy, by reason.",
+        labels=["parent", "reason"],
+    )
+    for parent in parents:
+        connections.add_metric([parent["parent"]], parent["in_use"])
+        up.add_metric([parent["parent"]], 1 if parent["state"] == "up" else 0)
+        for reason in FAILURE_REASONS:
+            failures.add_metric([parent["parent"], reason], parent["failures_total"].get(reason, 0))
+    yield from (connections, up, failures)
 
 
 def _shown_first(values: dict[HostKey, int], shown_list: list[HostKey]) -> dict[HostKey, int]:

@@ -16,6 +16,7 @@ from ..limits.hosts import HostKey, HostLimits
 from ..limits.limiter import Limiter
 from ..limits.rates import Rate
 from ..limits.tenants import Standing
+from ..parents.pool import PARENT, Parents, ParentStatus, parent_status
 from ..stats import HostCounters, ProxyStats
 
 
@@ -42,6 +43,7 @@ class Snapshot:
     taken: float  # time.monotonic() when taken (refusals in the last minute count from it)
     tenants: dict[HostKey, dict[str, Standing]]  # hosts tenants use or wait for: each tenant's standing
     tenant_refusals: dict[tuple[str, str], int]  # (tenant, reason) -> refusals by this process
+    parents: list[ParentStatus]  # every parent proxy of every pool, as this process sees it
 
     def limit_for(self, key: HostKey) -> int:
         return self.host_limits.limit_for(key)
@@ -69,13 +71,19 @@ def _shown_candidates(limiter: Limiter, stats: ProxyStats) -> set[HostKey]:
     return {k for k in candidates if limiter.limits.rate_for(k) is not None}
 
 
-def take(limiter: Limiter, clients: int) -> Snapshot:
+def hosts_only(counts: dict[HostKey, int]) -> dict[HostKey, int]:
+    """Counts of destinations: parent proxies' own counts are shown on /parents."""
+    return {k: n for k, n in counts.items() if not k.startswith(PARENT)}
+
+
+def take(limiter: Limiter, clients: int, parents: Parents | None = None) -> Snapshot:
     """Copy the counts; call it in the hub that serves the proxy."""
     stats = limiter.stats
     counters = {key: c.copy() for table in (stats.pinned_hosts, stats.hosts) for key, c in table.items()}
     histograms = [*stats.dial_seconds.collect(), *stats.queue_seconds.collect()]
     if limiter.backend_up() is not None:
         histograms += stats.redis_seconds.collect()
+    fleet = limiter.seen_fleet_counts()
     return Snapshot(
         mode=limiter.mode,
         default_limit=limiter.limits.effective_default(),
@@ -84,9 +92,9 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
             **{k: n for k, n in limiter.limits.stored().items() if not k.startswith("*.")},
         },
         host_limits=limiter.limits,
-        open=limiter.process_counts(),
+        open=hosts_only(limiter.process_counts()),
         waiting=limiter.waiting_counts(),
-        fleet=limiter.seen_fleet_counts(),
+        fleet=hosts_only(fleet) if fleet is not None else None,
         next_tokens=limiter.next_tokens(_shown_candidates(limiter, stats)),
         counters=counters,
         other=stats.other.copy(),
@@ -101,4 +109,5 @@ def take(limiter: Limiter, clients: int) -> Snapshot:
         taken=time.monotonic(),
         tenants=limiter.tenant_standings(),
         tenant_refusals=dict(stats.tenant_refusals),
+        parents=[parent_status(p, fleet) for p in parents.every_parent()] if parents is not None else [],
     )

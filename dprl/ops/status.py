@@ -60,17 +60,23 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError, RedisUnavailable, ReplyError) as exc:
         sys.stderr.write(f"dprl status: error: {exc}\n")
         return 2
-    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else table(rows))
+    parents = from_admin(args.admin, args.redis_timeout, "parents") if args.admin and not args.redis_url else []
+    if args.json:
+        shown: object = {"hosts": rows, "parents": parents} if parents else rows
+        sys.stdout.write(json.dumps(shown, indent=1) + "\n")
+    else:
+        sys.stdout.write(table(rows) + (parents_table(parents) if parents else ""))
     return 0
 
 
-def from_admin(url: str, timeout: float) -> list[dict]:
+def from_admin(url: str, timeout: float, what: str = "hosts") -> list[dict]:
+    """A proxy's /hosts rows (or its /parents)."""
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/hosts", timeout=timeout) as response:
+        with urllib.request.urlopen(url.rstrip("/") + "/" + what, timeout=timeout) as response:
             document = json.load(response)
     except urllib.error.URLError as exc:
-        raise OSError(f"cannot read {url}/hosts: {exc.reason}") from None
-    return document["hosts"]
+        raise OSError(f"cannot read {url}/{what}: {exc.reason}") from None
+    return document[what]
 
 
 def from_redis(url: str, prefix: str, timeout: float) -> list[dict]:
@@ -91,6 +97,19 @@ def from_redis(url: str, prefix: str, timeout: float) -> list[dict]:
         topology.close()
     rows.sort(key=lambda r: (-int(r["fleet_open"]), str(r["host"])))
     return rows
+
+
+def parents_table(parents: list[dict]) -> str:
+    """Each parent proxy: up or ejected (probed again in), in use (fleet-wide if known) and cap, failures."""
+    lines = [["PARENT", "STATE", "IN USE", "MAX", "FAILURES"]]
+    for p in parents:
+        state = p["state"] if p["state"] == "up" else f"ejected (probe in {p['probe_in']:.1f}s)"
+        in_use = p["fleet_in_use"] if p.get("fleet_in_use") is not None else p["in_use"]
+        failures = sum(p["failures_total"].values())
+        lines.append(
+            [p["parent"], state, str(in_use), str(p["max"] or "none"), f"{failures} ({p['failures']} in a row)"]
+        )
+    return "\n" + _aligned(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -117,7 +136,12 @@ def table(rows: list[dict]) -> str:
             token = r.get("next_token_in")
             line += [r.get("rate", "none"), "-" if token is None else "now" if not token else f"{token:.2f}s"]
         lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return _aligned(lines)
+
+
+def _aligned(lines: list[list[str]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others right."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     out = []
     for line in lines:
         pairs = enumerate(zip(line, widths, strict=True))

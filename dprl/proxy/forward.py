@@ -77,6 +77,7 @@ class ForwardExchange:
         response_timer: gevent.Timeout | None,
         log: logging.Logger,
         label: str,
+        parent_authorization: str | None = None,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -89,6 +90,8 @@ class ForwardExchange:
         self.response_timer = response_timer
         self.log = log
         self.label = label  # the host key, for messages
+        # through an HTTP parent proxy: absolute-form, with this Proxy-Authorization (None: direct)
+        self.parent_authorization = parent_authorization
         self.upgrade = rewrite.is_upgrade(request)
         self.keep_client = rewrite.wants_keep_alive(request)
         self.status = 0  # of the final (or 101) response relayed, for the access log
@@ -96,7 +99,9 @@ class ForwardExchange:
     def run(self) -> Outcome:
         request, up = self.request, self.upstream
         expect_continue = self.framing.has_body and request.version == "HTTP/1.1" and rewrite.expects_continue(request)
-        head = rewrite.request_head(request, self.target, self.framing, self.upgrade, self.keep_client)
+        head = rewrite.request_head(
+            request, self.target, self.framing, self.upgrade, self.keep_client, self.parent_authorization
+        )
         try:
             up.write(head)
             if expect_continue:

@@ -25,6 +25,8 @@ from ..config import Config
 from ..errors import ListenError, Reason
 from ..limits.limiter import Limiter
 from ..net.dial import OUT_OF_DESCRIPTORS, Resolver, keepalive_options
+from ..parents.health import Health
+from ..parents.pool import Parents
 from .access import AccessPolicy
 from .refusals import RefusalLog
 from .session import ClientSession, ServerState, SessionContext
@@ -46,6 +48,7 @@ class ProxyServer(StreamServer):
         log: logging.Logger,
         resolve: Resolver | None = None,
         reuse_port: bool = False,
+        parents: Parents | None = None,
     ) -> None:
         super().__init__((settings.bind, settings.port), backlog=1024)
         self.max_clients = settings.max_clients
@@ -63,12 +66,21 @@ class ProxyServer(StreamServer):
         )
         self.keepalive = keepalive_options(settings.tcp_keepalive)
         self.keepalive_tuner = KeepaliveTuner(self.keepalive)
+        self.parents = parents if parents is not None else Parents(settings.parent_pools, settings.routes)
+        self.health = Health(self.parents, settings.parent_failures, settings.connect_timeout, log)
+        dialer = Dialer(
+            *(settings.connect_timeout, resolve, self.access.destination_allowed, self.keepalive_tuner),
+            parents=self.parents,
+            health=self.health,
+            passthrough=settings.parent_auth == "passthrough",
+            parent_ca_file=settings.parent_ca_file,
+        )
         self.context = SessionContext(
             settings=settings,
             access=self.access,
             refusals=self.refusals,
             limiter=limiter,
-            dialer=Dialer(settings.connect_timeout, resolve, self.access.destination_allowed, self.keepalive_tuner),
+            dialer=dialer,
             log=log,
             state=ServerState(),
             stats=limiter.stats,
@@ -238,5 +250,6 @@ class ProxyServer(StreamServer):
             gevent.killall([session.greenlet for session in self.sessions], block=True, timeout=1)
         finally:
             self.keepalive_tuner.stop()
+            self.health.stop()
             self.refusals.stop()
             self.limiter.close()

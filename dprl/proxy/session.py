@@ -83,6 +83,7 @@ class SessionContext:
 
 class ClientSession:
     __slots__ = (
+        "_authorization",
         "_find_head",
         "_peer_address",
         "_response_timer",
@@ -108,6 +109,7 @@ class ClientSession:
         self.upstream: UpstreamConnection | None = None
         self.key: str | None = None  # the host key of the request being served, once known
         self.tenant = ""  # the tenant of the request being served (tenants configured), once known
+        self._authorization = ""  # its Proxy-Authorization, for a parent (--parent-auth passthrough)
         self.idle = True  # waiting for a request head: safe to close at shutdown
         self.greenlet = gevent.getcurrent()
 
@@ -178,6 +180,9 @@ class ClientSession:
                 extra = [("Proxy-Authenticate", f'Basic realm="{REALM}"')]
                 keep = self._keep(request, has_body)  # the client retries on it with credentials
                 return self._answer(407, "proxy authentication required", keep, extra, has_body, Reason.AUTH)
+            if self.context.dialer.passthrough:  # the parent sees the client's credentials
+                values = request.raw_values("proxy-authorization")
+                self._authorization = values[0] if values else ""
             tenants = self.context.limiter.tenants
             if tenants.enabled:
                 self.tenant = tenants.tenant(self.context.tenant_of(request, self.peer))
@@ -194,12 +199,14 @@ class ClientSession:
             if self.client.bytes_out != mark:  # part of an answer is out: only a close is left
                 return False
             keep = self._keep_after_refusal(request, has_body) and not isinstance(exc, ProtocolError)
+            proxy_error = isinstance(exc, ProxyError)
             return self._answer(
                 exc.status,
                 str(exc),
                 keep,
+                list(exc.fields) if proxy_error and exc.fields else None,  # type: ignore[union-attr]
                 unread_body=has_body,
-                reason=exc.reason if isinstance(exc, ProxyError) else None,
+                reason=exc.reason if proxy_error else None,  # type: ignore[union-attr]
             )
         except ConnectionLost:
             raise
@@ -248,6 +255,7 @@ class ClientSession:
             upstream, reused = self._upstream_for(target, key)
             if reused:  # a request on a kept-alive connection takes a token of its own
                 self.context.limiter.pace(key, tenant=self.tenant)
+            via = upstream.via
             exchange = ForwardExchange(
                 self.client,
                 upstream.endpoint,
@@ -258,6 +266,7 @@ class ClientSession:
                 response_timer=self._response_timer,
                 log=self.context.log,
                 label=key,
+                parent_authorization=via.authorization if via is not None and via.absolute_form else None,
             )
             outcome = exchange.run()
             upstream.status = exchange.status
@@ -283,7 +292,7 @@ class ClientSession:
             if up.serves(target):
                 return Upstream(up, reused=True)
             self.close_upstream()
-        up = self.upstream = self._open_upstream(target, key)
+        up = self.upstream = self._open_upstream(target, key, authorization=self._authorization)
         return Upstream(up, reused=False)
 
     # CONNECT -------------------------------------------------------------------------------
@@ -294,7 +303,7 @@ class ClientSession:
         key = self.key = host_key(target.host, target.port)
         if self.upstream is not None:
             self.close_upstream()
-        upstream = self.upstream = self._open_upstream(target, key, tunnel=True)
+        upstream = self.upstream = self._open_upstream(target, key, True, self._authorization)
         upstream.status, upstream.requests = 200, 1
         self._tunnel(upstream, rewrite.CONNECTION_ESTABLISHED)
 
@@ -306,11 +315,15 @@ class ClientSession:
         context.stats.tunnelled(result.a_to_b, result.b_to_a)
 
     # upstream ------------------------------------------------------------------------------
-    def _open_upstream(self, target: Target, key: str, tunnel: bool = False) -> UpstreamConnection:
+    def _open_upstream(
+        self, target: Target, key: str, tunnel: bool = False, authorization: str = ""
+    ) -> UpstreamConnection:
         context = self.context
         watch = self.client.watch_gone if context.limiter.waiting.policy.timeout else None
         upstream = UpstreamConnection.open(
-            context.limiter, context.dialer, target, key, self._peer_address, context.log, watch, tunnel, self.tenant
+            *(context.limiter, context.dialer, target, key, self._peer_address, context.log, watch, tunnel),
+            tenant=self.tenant,
+            authorization=authorization,
         )
         if context.settings.access_log:
             upstream.access_level = logging.INFO

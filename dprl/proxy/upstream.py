@@ -2,8 +2,9 @@
 
 ``UpstreamConnection.open`` takes the slot before the dial and gives it back if the dial
 fails; ``close`` shuts the socket and releases the slot exactly once, and writes the
-access-log line (host, client, last status, duration, bytes each way): at info level
-with --access-log, else at debug level.
+access-log line (host, client, parent, last status, duration, bytes each way): at info
+level with --access-log, else at debug level. A destination routed to a pool of parent
+proxies is reached through one of them (dprl/parents/connect.py), on the same slot.
 ``KeepaliveTuner`` gives the connections that outlive a second their TCP keepalive.
 """
 
@@ -25,6 +26,11 @@ from ..limits.limiter import Limiter, Slot
 from ..limits.waiting import Watch
 from ..net.dial import AddressCheck, Resolver, SocketOptions, dial, ip_literal
 from ..net.endpoint import Endpoint, peer_text
+from ..parents.connect import Via, through
+from ..parents.handshake import Destination
+from ..parents.health import Health
+from ..parents.pool import Parents
+from ..parents.tls import bridged
 
 FRESH_FOR = 1.0  # seconds after a response during which a kept upstream is reused unchecked
 TUNE_AFTER = 1.0  # seconds an upstream connection lives before it gets its keepalive options
@@ -73,12 +79,17 @@ class KeepaliveTuner:
 
 
 class Dialer(NamedTuple):
-    """How upstream connections are made: time allowed, resolver, destination check, keepalive."""
+    """How upstream connections are made: time allowed, resolver, destination check,
+    keepalive, and the parent proxies destinations are routed through."""
 
     timeout: float
     resolve: Resolver | None = None
     allowed: AddressCheck | None = None
     keepalive: KeepaliveTuner | None = None
+    parents: Parents | None = None
+    health: Health | None = None
+    passthrough: bool = False  # --parent-auth passthrough: the client's Proxy-Authorization goes to the parent
+    parent_ca_file: str = ""  # more CAs to verify https:// parents with
 
 
 class UpstreamConnection:
@@ -96,21 +107,24 @@ class UpstreamConnection:
         "slot",
         "status",
         "target",
+        "via",
     )
 
     def __init__(
         self,
         target: Target,
         slot: Slot,
-        sock: socket.socket,
+        sock: socket.socket | Endpoint,
         client: tuple,
         log: logging.Logger,
         keepalive: KeepaliveTuner | None = None,
+        via: Via | None = None,
     ) -> None:
         self.target = target
         self.key = slot.key
         self.slot = slot
-        self.endpoint = Endpoint(sock, "upstream")
+        self.via = via  # the parent proxy it goes through (None: dialled directly)
+        self.endpoint = sock if isinstance(sock, Endpoint) else Endpoint(sock, "upstream")
         self.opened = self.last_used = time.monotonic()
         self.connect_seconds = 0.0  # resolve + connect, set by ``open``
         self.status = 0  # of the last response relayed (200 for a CONNECT), for the access log
@@ -122,7 +136,10 @@ class UpstreamConnection:
         if keepalive is not None:
             keepalive.track(self)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("upstream open host=%s client=%s target=%s:%d", self.key, self.client, target.host, target.port)
+            log.debug(
+                "upstream open host=%s client=%s target=%s:%d parent=%s",
+                *(self.key, self.client, target.host, target.port, self.parent or "-"),
+            )
 
     @classmethod
     def open(
@@ -136,26 +153,47 @@ class UpstreamConnection:
         watch: Watch | None = None,
         tunnel: bool = False,
         tenant: str = "",
+        authorization: str = "",
     ) -> UpstreamConnection:
         """Take a slot for ``key``, then dial; a denied IP literal is refused before any slot.
 
         Names are resolved (and their addresses vetted) only once a slot is held, so a
         host at its cap costs no DNS lookup. For a ``tunnel`` (CONNECT) the socket is the
-        plain non-blocking one the pipe needs (``dial``'s ``raw``).
+        plain non-blocking one the pipe needs (``dial``'s ``raw``). ``authorization``: the
+        client's Proxy-Authorization, for a parent with --parent-auth passthrough.
         """
         allowed = dialer.allowed
         if allowed is not None and (literal := ip_literal(target.host)) is not None:
             if not allowed(literal):
                 raise AccessDenied(f"destination {target.host} is in a range denied by --deny-destinations")
             allowed = None  # vetted: dial need not look again
+        pool = dialer.parents.pool_for(key) if dialer.parents is not None else None
         slot = limiter.acquire(key, watch, tenant)
         started = time.monotonic()
+        via = None
         try:
-            sock = dial(target.host, target.port, dialer.timeout, dialer.resolve, allowed, tunnel)
+            if pool is None:
+                sock: socket.socket | Endpoint = dial(
+                    target.host, target.port, dialer.timeout, dialer.resolve, allowed, tunnel
+                )
+            else:
+                assert dialer.health is not None  # made with the parents
+                via = through(
+                    *(pool, dialer.health, limiter, Destination(target.host, target.port), key),
+                    tunnel=tunnel,
+                    passthrough=authorization if dialer.passthrough else None,
+                    timeout=dialer.timeout,
+                    resolve=dialer.resolve,
+                    allowed=allowed,
+                    ca_file=dialer.parent_ca_file,
+                )
+                sock = via.endpoint
+                if tunnel and via.parent.spec.scheme == "https":  # the pipe needs a plain socket
+                    sock = bridged(via.endpoint)
         except BaseException:
             slot.release()
             raise
-        connection = cls(target, slot, sock, client, log, dialer.keepalive)
+        connection = cls(target, slot, sock, client, log, dialer.keepalive, via)
         connection.connect_seconds = connection.opened - started
         return connection
 
@@ -163,6 +201,11 @@ class UpstreamConnection:
     def client(self) -> str:
         """The client this connection serves, as the access log shows it."""
         return peer_text(self._client_address)
+
+    @property
+    def parent(self) -> str:
+        """The parent proxy it goes through, as logs show it ("" for none)."""
+        return self.via.parent.spec.label if self.via is not None else ""
 
     def serves(self, target: Target) -> bool:
         """True if this connection can carry the next request to ``target``."""
@@ -199,17 +242,24 @@ class UpstreamConnection:
             self._keepalive.forget(self)
         try:
             self.endpoint.sock.close()
+            if self.via is not None:
+                self.via.endpoint.sock.close()  # a bridged tunnel's TLS connection too
         finally:
             self.slot.release()
+            if self.via is not None:
+                self.via.parent.in_use -= 1
+                if self.via.slot is not None:
+                    self.via.slot.release()
         if self._log.isEnabledFor(self.access_level):
             endpoint = self.endpoint
             duration_ms = round((time.monotonic() - self.opened) * 1000, 1)
             client = self.client
             self._log.log(
                 self.access_level,
-                "upstream close host=%s client=%s status=%s requests=%d duration=%.1fms sent=%d received=%d",
+                "upstream close host=%s client=%s parent=%s status=%s requests=%d duration=%.1fms sent=%d received=%d",
                 self.key,
                 client,
+                self.parent or "-",
                 self.status or "-",
                 self.requests,
                 duration_ms,
@@ -218,6 +268,7 @@ class UpstreamConnection:
                 extra={
                     "host": self.key,
                     "client": client,
+                    "parent": self.parent or None,
                     "status": self.status or None,
                     "requests": self.requests,
                     "duration_ms": duration_ms,

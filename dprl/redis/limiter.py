@@ -191,6 +191,13 @@ class RedisLimiter(Limiter):
                 raise TenantShareExceeded(key, limit, tenant, why)
         return self._wait(key, limit, watch, tenant)
 
+    def acquire_parent(self, key: HostKey, limit: int) -> Slot:
+        self.counts.touched.add(key)
+        attempt = self._attempt(key, limit)
+        if attempt.slot is None:
+            raise LimitExceeded(key, limit)
+        return attempt.slot
+
     def _share_refusal(self, key: HostKey, limit: int, tenant: str) -> TenantShareExceeded:
         held = self.counts.tenant_counts(key).get(tenant, 0)
         ceiling_ = ceiling(limit, self.tenants.share(tenant))

@@ -115,6 +115,26 @@ def merge_hosts(documents: Iterable[dict]) -> dict:
     return {"mode": first.get("mode", ""), "default_limit": first.get("default_limit", 0), "hosts": rows}
 
 
+def merge_parents(documents: Iterable[dict]) -> dict:
+    """/parents of several workers as one: each worker keeps its own view of a parent's
+    health, so the machine's is ``up`` only while every worker offers it; connections and
+    failures are summed."""
+    merged: dict[str, dict] = {}
+    for document in documents:
+        for row in document["parents"]:
+            seen = merged.get(row["parent"])
+            if seen is None:
+                merged[row["parent"]] = dict(row, failures_total=dict(row["failures_total"]))
+                continue
+            seen["in_use"] += row["in_use"]
+            seen["failures"] = max(seen["failures"], row["failures"])
+            for reason, n in row["failures_total"].items():
+                seen["failures_total"][reason] = seen["failures_total"].get(reason, 0) + n
+            if row["state"] != "up":
+                seen["state"], seen["probe_in"] = row["state"], max(seen["probe_in"], row["probe_in"])
+    return {"parents": list(merged.values())}
+
+
 class MachineAdmin:
     """``workers()`` gives the admin base URLs of the workers running now."""
 
@@ -185,10 +205,13 @@ class MachineAdmin:
         elif path.startswith("/hosts/") and method == "GET":
             document = merge_hosts({"hosts": [json.loads(self._fetch(url + path)[1])]} for url in urls)
             status, body, kind = _json(200, json.dumps(document["hosts"][0]).encode() + b"\n")
+        elif path == "/parents" and method == "GET":
+            document = merge_parents(json.loads(self._fetch(url + "/parents")[1]) for url in urls)
+            status, body, kind = _json(200, json.dumps(document).encode() + b"\n")
         elif path == "/limits" or path.startswith("/limits/"):
             status, body, kind = self._forward(request, method, urls)
         else:
-            status, body, kind = _text(404, b"not found: try /metrics, /healthz, /readyz or /hosts\n")
+            status, body, kind = _text(404, b"not found: try /metrics, /healthz, /readyz, /hosts or /parents\n")
         request.send_response(status)
         request.send_header("Content-Type", kind)
         request.send_header("Content-Length", str(len(body)))

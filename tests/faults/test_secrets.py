@@ -42,7 +42,7 @@ def _exercise(proc: ProxyProcess, admin_port: int, upstream_port: int, redis_url
             with pytest.raises(requests.RequestException):  # nothing listens upstream: 502, or a refusal
                 requests.get(f"http://127.0.0.1:{upstream_port}/x", proxies=proxies, timeout=10).raise_for_status()
         requests.get(f"http://127.0.0.1:{upstream_port}/x", proxies={"http": proc.url}, timeout=10)  # 407
-        for path in ("/metrics", "/hosts", "/readyz", "/healthz", f"/hosts/127.0.0.1:{upstream_port}"):
+        for path in ("/metrics", "/hosts", "/parents", "/readyz", "/healthz", f"/hosts/127.0.0.1:{upstream_port}"):
             shown.append(requests.get(admin + path, timeout=10).text)
         shown.append(requests.put(f"{admin}/limits/api.example", json={"limit": 3}, timeout=10).text)
         shown.append(requests.put(f"{admin}/limits/x", headers={"Authorization": "Bearer wrong"}, timeout=10).text)
@@ -86,6 +86,16 @@ def secret_redis() -> Iterator[RedisServer]:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_local_mode(log_format: str, workers: str) -> None:
     proc, admin = _start("--log-format", log_format, workers=workers)
+    _hidden(*_exercise(proc, admin, free_port()))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_parent_proxy_credentials(workers: str) -> None:
+    """Parents that never answer, with the secret as their password: tried, failed,
+    ejected, named in 502s, pages, metrics and logs, never with their credentials."""
+    http = f"http://scraper:{SECRET}@127.0.0.1:{free_port()}?max=3"
+    socks = f"socks5://scraper:{SECRET}@127.0.0.1:{free_port()}"
+    proc, admin = _start("--parent-pool", f"p={http},{socks}", "--route", "*=p", workers=workers)
     _hidden(*_exercise(proc, admin, free_port()))
 
 

@@ -36,7 +36,7 @@ def test_debug_log_tracks_each_upstream_connection(upstream):
         assert response.status_code == 200
         opened = proc.wait_line(rf"upstream open host=127\.0\.0\.1:{upstream.port} client=127\.0\.0\.1:\d+")
         closed = proc.wait_line(
-            rf"upstream close host=127\.0\.0\.1:{upstream.port} client=\S+ status=200 requests=1 "
+            rf"upstream close host=127\.0\.0\.1:{upstream.port} client=\S+ parent=- status=200 requests=1 "
             r"duration=[\d.]+ms sent=(\d+) received=(\d+)"
         )
         assert opened and int(closed[1]) > 0 and int(closed[2]) > 0

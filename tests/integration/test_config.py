@@ -133,6 +133,14 @@ def _run_cli(args, env=None, tmp_path=None):
         ([], {}, "[host-limits]\na.example.com = many\n", "HOST=N"),
         ([], {}, "not an ini file", "config file"),
         (["--config", "/nonexistent/dprl.ini"], {}, None, "dprl.ini"),
+        (["--parent-pool", "p=ftp://a:21"], {}, None, "a parent URL starts with"),
+        (["--parent-pool", "p=http://u:hunter2@a"], {}, None, "needs a host and a port"),
+        (["--parent-pool", "p=http://a:1,select=random"], {}, None, "select= is one of"),
+        (["--parent-pool", "p=http://a:1?max=x"], {}, None, "whole numbers"),
+        (["--route", "*=nowhere"], {}, None, "no parent pool named 'nowhere'"),
+        (["--parent-auth", "theirs"], {}, None, "parent-auth must be own or passthrough"),
+        ([], {"DPRL_ROUTES": "*.a.com"}, None, "a route is PATTERN=POOL"),
+        ([], {}, "[routes]\n* = missing\n", "no parent pool named 'missing'"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(tmp_path, args, env, ini_text, message):
@@ -146,6 +154,7 @@ def test_bad_configuration_exits_2_with_one_line(tmp_path, args, env, ini_text, 
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("dprl: error: ") and message in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr  # a parent's password is never shown, even in an error
 
 
 def test_help_documents_every_option_with_its_env_var():
@@ -208,3 +217,29 @@ def test_library_and_cli_build_the_same_config():
     from_cli = parse_config(["--port", "0", "--max-connections", "7", "--host-limit", "API.example.com:443=3"])
     library = ProxyRateLimiter(0, 7, bind="0.0.0.0", host_limits={"api.example.com": 3})
     assert from_cli == library.config == Config(port=0, max_connections=7, host_limits={"api.example.com": 3})
+
+
+def test_parent_pools_and_routes_from_an_ini_file_the_environment_and_flags(tmp_path, monkeypatch):
+    ini = tmp_path / "parents.ini"
+    ini.write_text(
+        "[parent-pools]\n"
+        "scrape = http://user:pw@10.0.0.1:3128?max=50, socks5h://10.0.0.2:1080?weight=2, select=destination-hash\n"
+        "[routes]\n"
+        "*.shop.example = scrape\n"
+        "* = direct\n"
+    )
+    config = parse_config(["--config", str(ini)])
+    pool = config.parent_pools["scrape"]
+    assert pool.select == "destination-hash"
+    assert [(p.scheme, p.host, p.port, p.max_connections, p.weight) for p in pool.parents] == [
+        ("http", "10.0.0.1", 3128, 50, 1),
+        ("socks5h", "10.0.0.2", 1080, 0, 2),
+    ]
+    assert pool.parents[0].username == "user" and "pw" not in repr(config)
+    assert list(config.routes.items()) == [("*.shop.example", "scrape"), ("*", "direct")]
+    monkeypatch.setenv("DPRL_PARENT_POOLS", "corp=http://egress:3128,max=20")
+    monkeypatch.setenv("DPRL_ROUTES", "*=corp")
+    config = parse_config(["--parent-pool", "extra=https://p.example:443", "--route", "api.example=extra"])
+    assert config.parent_pools["corp"].parents[0].max_connections == 20  # the pool's max, for each parent
+    assert set(config.parent_pools) == {"corp", "extra"}
+    assert list(config.routes.items()) == [("*", "corp"), ("api.example", "extra")]

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dprl import DistributedProxyRateLimiter, ProxyRateLimiter
 
 from ..support.network import free_port, proxy_connect, raw_request, wait_for
-from ..support.proxy_process import ProxyProcess
+from ..support.proxy_process import ProxyProcess, run_dprl
 from ..support.redis_server import RedisServer, leftover_keys
 from ..support.upstream import HoldingServer
 
@@ -199,12 +199,7 @@ def test_health_hosts_and_not_through_the_proxy_port(admin_proxy, holding: Holdi
         answer = raw_request(proxy.port, b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
 
-    status = subprocess.run(
-        [sys.executable, "-m", "dprl", "status", "--admin", proxy.admin_url],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    status = run_dprl("status", "--admin", proxy.admin_url)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0].split() == ["HOST", "OPEN", "LIMIT", "USE", "REFUSED/MIN"]

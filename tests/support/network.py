@@ -88,4 +88,6 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 
 
 def assert_no_slots(proxy: ProxyRateLimiter) -> None:
+    """Every slot given back: the destinations', and each parent proxy's own count."""
     wait_for(lambda: not proxy.limiter.process_counts(), what="all slots released")
+    wait_for(lambda: not any(p["in_use"] for p in proxy.parent_states()), what="every parent's connections closed")

@@ -74,3 +74,8 @@ class ProxyProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         raise AssertionError("no VmRSS")
+
+
+def run_dprl(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m dprl ARGS`` to its end (a subcommand: ``status``, ``limits``), output captured."""
+    return subprocess.run([sys.executable, "-m", "dprl", *args], capture_output=True, text=True, timeout=30)
