@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import signal
 import socket
 import ssl
 import threading
@@ -23,7 +24,7 @@ from dprl import DistributedProxyRateLimiter, ProxyRateLimiter
 
 from ..support.network import free_port, read_head, wait_for
 from ..support.parents import CountingRelay, Dante, TinyProxy, TlsFront, connect_through
-from ..support.proxy_process import run_dprl
+from ..support.proxy_process import ProxyProcess, run_dprl
 from ..support.redis_server import RedisServer
 from ..support.upstream import CountingUpstream, EchoServer, HoldingServer
 
@@ -400,3 +401,39 @@ def test_an_https_parent_carries_a_tunnel_and_plain_http_over_verified_tls(
         assert set(state["failures_total"]) == {"tls"}
     finally:
         front.close()
+
+
+def test_workers_share_a_parents_cap_and_sighup_reroutes(
+    tinyproxy: TinyProxy, relays: Callable[..., CountingRelay], tmp_path: Path
+) -> None:
+    """`--workers 2` in local mode, pools and routes from an INI file: a parent's cap of 2
+    holds for the machine (its count is a line of the shared table); after the file routes
+    everything direct and SIGHUP, new tunnels no longer reach the parent."""
+    holding = HoldingServer()
+    relay = relays(tinyproxy.port)
+    ini = tmp_path / "dprl.ini"
+    pool = relay.url("?max=2").replace("://", "://scraper:s3cret@")
+    ini.write_text(f"[parent-pools]\np = {pool}\n[routes]\n* = p\n")
+    proc = ProxyProcess("--workers", "2", "--config", str(ini), "--shutdown-timeout", "2")
+    try:
+        proc.wait_line("dprl supervisor listening")
+        target = f"127.0.0.1:{holding.port}"
+        opened = [connect_through(proc.port, target) for _ in range(4)]
+        assert sorted(int(head.split(b" ")[1]) for _, head in opened) == [200, 200, 500, 500]
+        assert relay.max_active <= 2
+        for sock, _ in opened:
+            sock.close()
+        wait_for(lambda: relay.active == 0, 5, "the parent's connections closed")
+        through = relay.accepted
+        ini.write_text(f"[parent-pools]\np = {pool}\n[routes]\n* = direct\n")
+        proc.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(proc.matching("SIGHUP: configuration reloaded")) >= 2, 10, "both workers reloaded")
+        direct = [connect_through(proc.port, target) for _ in range(4)]
+        assert all(head.startswith(b"HTTP/1.1 200") for _, head in direct)
+        assert relay.accepted == through  # dialled directly now
+        for sock, _ in direct:
+            sock.close()
+    finally:
+        assert proc.stop() == 0
+        holding.close()
+    assert not proc.matching("Traceback")
