@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dprl", "dprl.*"]),
-    package_data={"dprl": ["py.typed"], "dprl.redis": ["lua/*.lua"]},
+    package_data={"dprl": ["py.typed"], "dprl.redis": ["lua/*.lua"], "dprl.ops": ["console.html", "console.js"]},
     zip_safe=False,  # py.typed: type checkers read the installed sources
     install_requires=[
         "gevent>=23.9.1",
@@ -33,6 +33,7 @@ setup(
             "dnspython>=2.4",  # GEVENT_RESOLVER=dnspython in tests/test_library_manners.py
             "gunicorn>=21.2",  # tests/test_gunicorn.py: embedding under gunicorn -k gevent
             "redis>=4.5",
+            "websocket-client>=1.6",  # tests/support/browser.py: Chromium's DevTools protocol (a WebSocket)
             "ruff>=0.6",
             "mypy>=1.8",  # scripts/test type-checks dprl/ (settings in pyproject.toml)
         ],

@@ -98,7 +98,15 @@ def figure_admin_stall(args: argparse.Namespace, workdir: Path) -> list[dict]:
             for i in range(500):
                 sock.sendall(f"GET http://127.2.{i // 250}.{i % 250 + 1}:9/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 sock.recv(4096)
-        for path in ("/metrics", "/hosts"):
+        # /metrics and /hosts, then what the console asks every 2 s: its header, one page of the
+        # table (sorted by use, and filtered on another page), the sparklines of that page
+        console = ("/summary", "/hosts?sort=use&order=desc&offset=0&limit=100", "/hosts?sort=host&q=host-1&limit=100")
+        for path in (
+            "/metrics",
+            "/hosts",
+            *console,
+            "/history?hosts=" + ",".join(f"host-{i}.example" for i in range(100)),
+        ):
             trips: list[tuple[float, float]] = []
             stop = threading.Event()
             prober = threading.Thread(target=_round_trips, args=(proxy.port, upstream, stop, trips))
@@ -120,12 +128,12 @@ def figure_admin_stall(args: argparse.Namespace, workdir: Path) -> list[dict]:
             scrape = statistics.median(b - a for a, b in windows)
             rows.append(
                 {
-                    "figure": f"loop stall during GET {path}, {hosts} hosts",
+                    "figure": f"loop stall during GET {path[:60]}, {hosts} hosts",
                     "direct": None,
                     "custom": True,
                     "stall_ms": (worst - median) * 1000,
                     "lines": [
-                        f"GET {path} with {hosts} hosts ({statistics.median(sizes) / 1024:.0f} KiB, "
+                        f"GET {path[:60]} with {hosts} hosts ({statistics.median(sizes) / 1024:.0f} KiB, "
                         f"{scrape * 1000:.0f} ms each): longest proxied round trip during it {worst * 1000:.1f} ms, "
                         f"median otherwise {median * 1000:.2f} ms, longest otherwise {max(quiet) * 1000:.1f} ms: "
                         f"loop stall at most {(worst - median) * 1000:.1f} ms"

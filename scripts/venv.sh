@@ -20,4 +20,5 @@ ensure_test_tools() {
   command -v prometheus >/dev/null || apt_install prometheus  # tests/test_prometheus.py scrapes the admin listener
   command -v tinyproxy >/dev/null || apt_install tinyproxy  # a real HTTP parent proxy (tests/integration/test_parents.py)
   command -v danted >/dev/null || apt_install dante-server  # a real SOCKS5 parent proxy
+  command -v chromium >/dev/null || apt_install chromium  # a real browser for the console (tests/integration/test_console.py)
 }

@@ -177,6 +177,24 @@ class HostLimits:
             return limit
         return self.effective_default()
 
+    def limit_source(self, key: HostKey) -> str:
+        """What gives ``key`` its limit, for operators: "fleet HOST", "fleet *.DOMAIN", "HOST",
+        "*.DOMAIN" (a pattern), or "default"; with ", shared:NAME" when a shared cap also applies."""
+        source = "default"
+        for scope, exact, patterns in (
+            ("fleet ", self._stored_exact, self._stored_patterns),
+            ("", self._exact, self._patterns),
+        ):
+            if key in exact:
+                source = f"{scope}{key}"
+                break
+            match = next((c for c in pattern_candidates(key) if c in patterns), None) if patterns else None
+            if match is not None:
+                source = f"{scope}{match}"
+                break
+        cap = self.policy_for(key).cap
+        return f"{source}, shared:{cap.name}" if cap is not None else source
+
     def effective_default(self) -> int:
         """The limit of hosts with none of their own: the fleet's stored default, else this process's."""
         return self.default if self.stored_default is None else self.stored_default

@@ -1,4 +1,4 @@
-"""The admin listener: /metrics, /healthz, /readyz, /hosts, on a port of its own.
+"""The admin listener: the console (/), /metrics, /healthz, /readyz, /hosts, on a port of its own.
 
 Served by gevent's WSGI server in the proxy's hub, never through the proxy port. A
 request copies what it shows in the hub (``snapshot.take``) and renders it in gevent's
@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote
 
@@ -18,16 +19,24 @@ import gevent
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 
+from ..background import Background
 from ..errors import LimiterUnavailable, ListenError
 from ..limits.hosts import normalize_host_spec, normalize_limit_spec
 from ..limits.rates import Rate, parse_rate
 from ..proxy.server import ProxyServer
-from . import snapshot
+from . import console, snapshot
 from .exposition import Rendered, host_row, host_rows, render_metrics
 
 StartResponse = Callable[..., object]
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
+# The console and its script: nothing but this listener's own scripts and requests, no frame
+PAGE_HEADERS = [
+    ("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'"),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+]
 
 
 class _ErrorLog:
@@ -50,6 +59,9 @@ class AdminServer:
         self.log = log
         self.address = (bind, port)
         self.wsgi = WSGIServer(self.address, self.app, log=None, error_log=_ErrorLog(log), spawn=Pool(100))
+        self.history = console.History(proxy.limiter.stats.max_hosts)
+        self._sampler = Background(self._sample)
+        self.started = time.time()
 
     @property
     def port(self) -> int:
@@ -61,9 +73,37 @@ class AdminServer:
         except OSError as exc:
             bind, port = self.address
             raise ListenError(exc.errno, f"cannot listen on admin {bind}:{port}: {exc.strerror or exc}") from None
+        self._sampler.start()
 
     def stop(self) -> None:
+        self._sampler.stop(block=False)
         self.wsgi.stop(timeout=1)
+
+    def _sample(self) -> None:
+        """Every host's recent history, for the console's sparklines and rates per second."""
+        limiter = self.proxy.limiter
+        while True:
+            fleet = limiter.seen_fleet_counts() or {}
+            counts = {**snapshot.hosts_only(limiter.process_counts()), **snapshot.hosts_only(fleet)}
+            self.history.sample(limiter.stats, counts)
+            gevent.sleep(console.STEP)
+
+    def _summary(self, shot: snapshot.Snapshot) -> dict[str, object]:
+        """The console's header: mode, where the counts live, uptime and totals."""
+        rows = host_rows(shot)
+        return {
+            "mode": shot.mode,
+            "describe": self.proxy.limiter.describe(),
+            "uptime": round(time.time() - self.started, 1),
+            "clients": shot.clients,
+            "hosts": len(rows),
+            "open": sum(int(r["open"]) for r in rows),  # type: ignore[call-overload]
+            "fleet_open": sum(int(r.get("fleet_open", 0)) for r in rows) if shot.fleet is not None else None,  # type: ignore[call-overload]
+            "waiting": sum(int(r["waiting"]) for r in rows),  # type: ignore[call-overload]
+            "refused_last_minute": sum(int(r["refused_last_minute"]) for r in rows),  # type: ignore[call-overload]
+            "backend_up": shot.backend_up,
+            "writable": bool(self.proxy.settings.admin_token),
+        }
 
     # the application -----------------------------------------------------------------------
     def app(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
@@ -82,12 +122,31 @@ class AdminServer:
             if reason:
                 return _reply(start_response, 503, f"not ready: {reason}\n".encode(), _TEXT)
             return _reply(start_response, 200, b"ready\n", _TEXT)
+        if path == "/":
+            return _reply(start_response, 200, console.PAGE, "text/html; charset=utf-8", PAGE_HEADERS)
+        if path == "/console.js":
+            return _reply(start_response, 200, console.SCRIPT, "text/javascript; charset=utf-8", PAGE_HEADERS)
+        if path == "/summary":
+            body, _ = self._render(lambda shot: Rendered(_json(self._summary(shot)), _JSON))
+            return _reply(start_response, 200, body, _JSON)
+        if path == "/history":
+            keys = [k for k in unquote(environ.get("QUERY_STRING", "")).removeprefix("hosts=").split(",") if k]
+            return _reply(start_response, 200, _json(self.history.of(keys[: console.MAX_PAGE])), _JSON)
         if path == "/parents":
             body, _ = self._render(lambda shot: Rendered(_json({"parents": shot.parents}), _JSON))
             return _reply(start_response, 200, body, _JSON)
         if path in ("/hosts", "/hosts/"):
-            body, _ = self._render(lambda shot: Rendered(_hosts_document(shot), _JSON))
-            return _reply(start_response, 200, body, _JSON)
+            query_text = environ.get("QUERY_STRING", "")
+            if not query_text:
+                body, _ = self._render(lambda shot: Rendered(_hosts_document(shot), _JSON))
+                return _reply(start_response, 200, body, _JSON)
+            try:
+                query = console.TableQuery.parse(query_text)
+            except ValueError as exc:
+                return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
+            rates = self.history.rates
+            body, kind = self._render(lambda shot: _hosts_table(shot, query, rates))
+            return _reply(start_response, 200, body, kind)
         if path.startswith("/hosts/"):
             try:
                 key = normalize_host_spec(unquote(path[len("/hosts/") :]))
@@ -140,6 +199,8 @@ class AdminServer:
         except ValueError as exc:
             return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
         by = f"admin client {environ.get('REMOTE_ADDR')}"
+        if environ.get("HTTP_X_DPRL_SOURCE") == "console":
+            by = f"the console at {environ.get('REMOTE_ADDR')}"
         if limiter.mode == "redis":
             op = ("setrate" if rate is not None else "rmrate") if of_rate else ("set" if method == "PUT" else "rm")
             try:
@@ -177,6 +238,21 @@ def write_refusal(token: str, authorization: str, remote: str, bind: str) -> str
     if remote != bind and not ipaddress.ip_address(remote.split("%")[0]).is_loopback:
         return "without --admin-token, admin writes are taken from loopback only"
     return ""
+
+
+def _hosts_table(shot: snapshot.Snapshot, query: console.TableQuery, rates: dict[str, tuple[float, float]]) -> Rendered:
+    """/hosts as the console asks for it: sorted, filtered and one page of it (JSON with the
+    total), or every matching row as CSV."""
+    rows = host_rows(shot)
+    for row in rows:
+        opened, refused = rates.get(str(row["host"]), (0.0, 0.0))
+        row["opened_per_s"], row["refused_per_s"] = round(opened, 2), round(refused, 2)
+    total, page = query.select(rows)
+    if query.csv:
+        return Rendered(console.csv_text(page).encode(), "text/csv; charset=utf-8")
+    document = {"mode": shot.mode, "default_limit": shot.default_limit, "total": total, "offset": query.offset}
+    head = _json({**document, "hosts": []})[: -len(b"]}\n")]
+    return Rendered(head + ",".join(json.dumps(r, separators=(",", ":")) for r in page).encode() + b"]}\n", _JSON)
 
 
 def _hosts_document(shot: snapshot.Snapshot) -> bytes:

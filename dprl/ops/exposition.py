@@ -222,6 +222,7 @@ def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
         "open": snapshot.open.get(key, 0),
         "waiting": snapshot.waiting.get(key, 0),
         "refused_last_minute": snapshot.refused_recently(key),
+        "limit_from": snapshot.host_limits.limit_source(key),
     }
     rate = snapshot.rate_for(key)
     if rate is not None:

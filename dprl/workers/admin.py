@@ -25,7 +25,8 @@ from prometheus_client import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..ops.admin import write_refusal
+from ..ops import console
+from ..ops.admin import PAGE_HEADERS, write_refusal
 
 # gauges whose value is the same view in every worker: the largest is shown, not the sum
 _SAME_EVERYWHERE = (
@@ -101,8 +102,9 @@ def merge_hosts(documents: Iterable[dict]) -> dict:
             if seen is None:
                 merged[row["host"]] = seen = {k: v for k, v in row.items() if k != "tenants"}
             else:
-                for field in ("open", "waiting", "refused_last_minute"):
-                    seen[field] = seen.get(field, 0) + row.get(field, 0)
+                for field in ("open", "waiting", "refused_last_minute", "opened_per_s", "refused_per_s"):
+                    if field in row:
+                        seen[field] = seen.get(field, 0) + row[field]
                 for field in ("limit", "fleet_open"):
                     if field in row:
                         seen[field] = max(seen.get(field, 0), row[field])
@@ -113,6 +115,42 @@ def merge_hosts(documents: Iterable[dict]) -> dict:
                 into["waiting"] += standing.get("waiting", 0)
     rows = sorted(merged.values(), key=lambda r: (-max(r["open"], r.get("fleet_open", 0)), r["host"]))
     return {"mode": first.get("mode", ""), "default_limit": first.get("default_limit", 0), "hosts": rows}
+
+
+def merge_summaries(summaries: list[dict], writable: bool) -> dict:
+    """The console's header for the machine: counts summed, the oldest uptime."""
+    first = summaries[0] if summaries else {"mode": "workers", "describe": "", "backend_up": None}
+    merged = {
+        "mode": first["mode"],
+        "describe": f"{len(summaries)} workers; {first['describe']}".rstrip("; "),
+        "uptime": max((s["uptime"] for s in summaries), default=0),
+        "backend_up": first["backend_up"] if all(s["backend_up"] == first["backend_up"] for s in summaries) else False,
+        "writable": writable,  # the supervisor's own --admin-token decides
+    }
+    for field in ("clients", "open", "waiting", "refused_last_minute"):
+        merged[field] = sum(s[field] for s in summaries)
+    merged["hosts"] = max((s["hosts"] for s in summaries), default=0)
+    fleet = [s["fleet_open"] for s in summaries if s.get("fleet_open") is not None]
+    merged["fleet_open"] = max(fleet) if fleet else None
+    return merged
+
+
+def merge_histories(histories: list[dict]) -> dict:
+    """Sparklines for the machine: each worker's in use and refusals, added step by step."""
+    merged: dict[str, dict] = {}
+    for history in histories:
+        for host, line in history.items():
+            seen = merged.get(host)
+            if seen is None:
+                merged[host] = {k: list(v) for k, v in line.items()}
+                continue
+            steps = min(len(seen["t"]), len(line["t"]))
+            merged[host] = {
+                "t": seen["t"][-steps:],
+                "open": [a + b for a, b in zip(seen["open"][-steps:], line["open"][-steps:], strict=True)],
+                "refused": [a + b for a, b in zip(seen["refused"][-steps:], line["refused"][-steps:], strict=True)],
+            }
+    return merged
 
 
 def merge_parents(documents: Iterable[dict]) -> dict:
@@ -191,6 +229,7 @@ class MachineAdmin:
     def answer(self, request: BaseHTTPRequestHandler, method: str) -> None:
         path = request.path.split("?", 1)[0]
         urls = self.workers()
+        extra: list[tuple[str, str]] = []
         if path == "/healthz" and method == "GET":
             status, body, kind = _text(200, b"ok\n") if urls else _text(503, b"no worker running\n")
         elif path == "/readyz" and method == "GET":
@@ -205,6 +244,18 @@ class MachineAdmin:
         elif path.startswith("/hosts/") and method == "GET":
             document = merge_hosts({"hosts": [json.loads(self._fetch(url + path)[1])]} for url in urls)
             status, body, kind = _json(200, json.dumps(document["hosts"][0]).encode() + b"\n")
+        elif path in ("/", "/console.js") and method == "GET":
+            page, kind = (console.PAGE, "text/html") if path == "/" else (console.SCRIPT, "text/javascript")
+            status, body, kind = Answer(200, page, f"{kind}; charset=utf-8")
+            extra = PAGE_HEADERS
+        elif path == "/summary" and method == "GET":
+            summaries = [json.loads(self._fetch(url + "/summary")[1]) for url in urls]
+            status, body, kind = _json(200, json.dumps(merge_summaries(summaries, bool(self.token))).encode())
+        elif path == "/history" and method == "GET":
+            histories = [json.loads(self._fetch(url + request.path)[1]) for url in urls]
+            status, body, kind = _json(200, json.dumps(merge_histories(histories)).encode())
+        elif path == "/hosts" and method == "GET" and "?" in request.path:
+            status, body, kind = self._table(request.path.split("?", 1)[1], urls)
         elif path == "/parents" and method == "GET":
             document = merge_parents(json.loads(self._fetch(url + "/parents")[1]) for url in urls)
             status, body, kind = _json(200, json.dumps(document).encode() + b"\n")
@@ -213,6 +264,8 @@ class MachineAdmin:
         else:
             status, body, kind = _text(404, b"not found: try /metrics, /healthz, /readyz, /hosts or /parents\n")
         request.send_response(status)
+        for name, value in extra:
+            request.send_header(name, value)
         request.send_header("Content-Type", kind)
         request.send_header("Content-Length", str(len(body)))
         request.send_header("Cache-Control", "no-store")
@@ -241,7 +294,7 @@ class MachineAdmin:
                 return _text(403, f"forbidden: {refusal}\n".encode())
         length = int(request.headers.get("Content-Length") or 0)
         data = request.rfile.read(length) if length else None
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "x-dprl-source")}
         # the worker sees the supervisor's loopback address: the header carries the token on
         if method == "GET" or not self.local:
             status, body = self._fetch(urls[0] + request.path, method, data, headers)
@@ -252,6 +305,22 @@ class MachineAdmin:
                 if all(200 <= code < 300 for code, _ in answers):
                     self.journal.append((method, request.path, data, headers))
         return _json(status, body) if body.startswith(b"{") else _text(status, body)
+
+    def _table(self, query_text: str, urls: list[str]) -> Answer:
+        """/hosts as the console asks for it, for the machine: every worker's rows merged,
+        then sorted, filtered and paged (or exported) here."""
+        try:
+            query = console.TableQuery.parse(query_text)
+        except ValueError as exc:
+            return _text(400, f"{exc}\n".encode())
+        everything = "sort=host&order=asc"  # each worker's rows, with their rates per second
+        documents = [json.loads(self._fetch(url + "/hosts?" + everything)[1]) for url in urls]
+        merged = merge_hosts(documents)
+        total, page = query.select(merged["hosts"])
+        if query.csv:
+            return Answer(200, console.csv_text(page).encode(), "text/csv; charset=utf-8")
+        document = {"mode": merged["mode"], "default_limit": merged["default_limit"], "total": total}
+        return _json(200, json.dumps({**document, "offset": query.offset, "hosts": page}).encode())
 
     def replay(self, url: str) -> None:
         """A worker that (re)started gets the limit changes made since the start, in order."""

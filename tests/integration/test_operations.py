@@ -185,11 +185,18 @@ def test_health_hosts_and_not_through_the_proxy_port(admin_proxy, holding: Holdi
     document = requests.get(f"{proxy.admin_url}/hosts", timeout=5).json()
     assert document["mode"] == "local" and document["default_limit"] == 3
     assert document["hosts"] == [
-        {"host": key, "limit": 3, "open": 1, "waiting": 0, "refused_last_minute": 0},
-        {"host": "api.example.com", "limit": 9, "open": 0, "waiting": 0, "refused_last_minute": 0},
+        {"host": key, "limit": 3, "open": 1, "waiting": 0, "refused_last_minute": 0, "limit_from": "default"},
+        {
+            "host": "api.example.com",
+            "limit": 9,
+            "open": 0,
+            "waiting": 0,
+            "refused_last_minute": 0,
+            "limit_from": "api.example.com",
+        },
     ]
     one = requests.get(f"{proxy.admin_url}/hosts/API.example.com:443", timeout=5).json()
-    assert one == {"host": "api.example.com", "limit": 9, "open": 0, "waiting": 0, "refused_last_minute": 0}
+    assert one == document["hosts"][1]
     assert requests.get(f"{proxy.admin_url}/hosts/a%20b", timeout=5).status_code == 400
     assert requests.get(f"{proxy.admin_url}/nothing", timeout=5).status_code == 404
     assert requests.post(f"{proxy.admin_url}/metrics", timeout=5).status_code == 405
@@ -276,7 +283,10 @@ def test_redis_metrics_readiness_and_status(own_redis: RedisServer, holding: Hol
         assert sample(samples, "dprl_lease_refreshes_total") >= 1
         assert requests.get(f"{proxy.admin_url}/readyz", timeout=5).status_code == 200
         row = requests.get(f"{proxy.admin_url}/hosts/{key}", timeout=5).json()
-        assert row == {"host": key, "limit": 2, "open": 2, "waiting": 0, "fleet_open": 2, "refused_last_minute": 1}
+        assert row == {
+            **{"host": key, "limit": 2, "open": 2, "waiting": 0, "fleet_open": 2, "refused_last_minute": 1},
+            "limit_from": "default",
+        }
 
         status = subprocess.run(
             [sys.executable, "-m", "dprl", "status", "--redis-url", own_redis.url, "--redis-prefix", prefix],

@@ -105,3 +105,14 @@ def test_the_policy_cache_follows_every_kind_of_change() -> None:
     policy = limits.policy_for(key)
     assert (policy.cap, policy.line) == (cap, "shared:api")
     assert policy.rates == ((key, parse_rate("1/s")), ("shared:api", parse_rate("5/s")))
+
+
+def test_the_source_of_a_limit_is_named_for_operators() -> None:
+    limits = HostLimits(5, {"api.example.com": 9, "*.cdn.example": 2})
+    limits.replace_shared([SharedCap("media", 4, frozenset(), frozenset({"*.cdn.example"}))])
+    assert limits.limit_source("api.example.com") == "api.example.com"
+    assert limits.limit_source("a.cdn.example") == "*.cdn.example, shared:media"
+    assert limits.limit_source("other.example") == "default"
+    limits.set_stored({"api.example.com": 3, "*.example.com": 7}, None)
+    assert limits.limit_source("api.example.com") == "fleet api.example.com"
+    assert limits.limit_source("x.example.com") == "fleet *.example.com"
