@@ -23,6 +23,7 @@ from ..background import Background
 from ..errors import LimiterUnavailable, ListenError
 from ..limits.hosts import normalize_host_spec, normalize_limit_spec
 from ..limits.rates import Rate, parse_rate
+from ..limits.tenants import check_tenant_name, parse_share
 from ..proxy.server import ProxyServer
 from . import console, snapshot
 from .exposition import Rendered, host_row, host_rows, render_metrics
@@ -110,6 +111,8 @@ class AdminServer:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
         if path == "/limits" or path.startswith("/limits/"):
             return self._limits(environ, start_response, method, unquote(path[len("/limits/") :]))
+        if path == "/tenants" or path.startswith("/tenants/"):
+            return self._tenants(environ, start_response, method, unquote(path[len("/tenants/") :]))
         if method not in ("GET", "HEAD"):
             return _reply(start_response, 405, b"only GET and HEAD\n", _TEXT, [("Allow", "GET, HEAD")])
         if path == "/metrics":
@@ -178,12 +181,9 @@ class AdminServer:
                     "rates": {key: str(rate) for key, rate in limits.stored_rates().items()},
                 }
             return _reply(start_response, 200, _json(document), _JSON)
-        if method not in ("PUT", "DELETE") or not host:
-            allowed = "GET, HEAD" if not host else "PUT, DELETE"
-            return _reply(start_response, 405, f"{allowed} here\n".encode(), _TEXT, [("Allow", allowed)])
-        refusal = self._write_refusal(environ)
-        if refusal:
-            return _reply(start_response, 403, f"forbidden: {refusal}\n".encode(), _TEXT)
+        refused = self._write_gate(environ, start_response, method, host)
+        if refused is not None:
+            return refused
         try:
             key = normalize_limit_spec(host)
             limit, rate = 0, None
@@ -198,9 +198,7 @@ class AdminServer:
                     limit = int(text)
         except ValueError as exc:
             return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
-        by = f"admin client {environ.get('REMOTE_ADDR')}"
-        if environ.get("HTTP_X_DPRL_SOURCE") == "console":
-            by = f"the console at {environ.get('REMOTE_ADDR')}"
+        by = _source(environ)
         if limiter.mode == "redis":
             op = ("setrate" if rate is not None else "rmrate") if of_rate else ("set" if method == "PUT" else "rm")
             try:
@@ -218,6 +216,39 @@ class AdminServer:
             answer["rate"] = _shown(limits.rate_for(key))
         return _reply(start_response, 200, _json(answer), _JSON)
 
+    # /tenants ------------------------------------------------------------------------------
+    def _tenants(self, environ: dict, start_response: StartResponse, method: str, name: str) -> list[bytes]:
+        """Tenant shares of this process (not stored in Redis: each process has its own, as
+        from its configuration): GET them all, PUT or DELETE one (the same rules as /limits)."""
+        tenants = self.proxy.limiter.tenants
+        if method in ("GET", "HEAD") and not name:
+            return _reply(start_response, 200, _json({k: str(v) for k, v in tenants.shares().items()}), _JSON)
+        refused = self._write_gate(environ, start_response, method, name)
+        if refused is not None:
+            return refused
+        try:
+            share = None
+            if method == "PUT":
+                name, share = parse_share(f"{name}={environ['wsgi.input'].read(64).decode().strip()}")
+            tenants.set(check_tenant_name(name), share)
+        except ValueError as exc:
+            return _reply(start_response, 400, f"{exc}\n".encode(), _TEXT)
+        by = _source(environ)
+        self.log.info(
+            "tenant share changed by %s: %s", by, f"{name}={share}" if share is not None else f"{name} removed"
+        )
+        return _reply(start_response, 200, _json({k: str(v) for k, v in tenants.shares().items()}), _JSON)
+
+    def _write_gate(self, environ: dict, start_response: StartResponse, method: str, item: str) -> list[bytes] | None:
+        """The answer to a write that may not be made (405, 403), or None: it may."""
+        if method not in ("PUT", "DELETE") or not item:
+            allowed = "GET, HEAD" if not item else "PUT, DELETE"
+            return _reply(start_response, 405, f"{allowed} here\n".encode(), _TEXT, [("Allow", allowed)])
+        refusal = self._write_refusal(environ)
+        if refusal:
+            return _reply(start_response, 403, f"forbidden: {refusal}\n".encode(), _TEXT)
+        return None
+
     def _write_refusal(self, environ: dict) -> str:
         token, given = self.proxy.settings.admin_token, environ.get("HTTP_AUTHORIZATION", "")
         return write_refusal(token, given, environ.get("REMOTE_ADDR", ""), self.address[0])
@@ -226,6 +257,13 @@ class AdminServer:
         """Copy in the hub, render in a pool thread (the hub serves the proxy meanwhile)."""
         shot = snapshot.take(self.proxy.limiter, len(self.proxy.sessions), self.proxy.parents)
         return gevent.get_hub().threadpool.apply(render, (shot,))
+
+
+def _source(environ: dict) -> str:
+    """Who made a change, for the log line: the console, or another admin client."""
+    if environ.get("HTTP_X_DPRL_SOURCE") == "console":
+        return f"the console at {environ.get('REMOTE_ADDR')}"
+    return f"admin client {environ.get('REMOTE_ADDR')}"
 
 
 def write_refusal(token: str, authorization: str, remote: str, bind: str) -> str:

@@ -113,10 +113,13 @@ function query(extra) {
 }
 
 async function refresh() {
-  const [summary, table] = await Promise.all([
+  const [summary, table, shares] = await Promise.all([
     fetch("/summary").then((r) => r.json()),
     fetch(`/hosts?${query({ offset: state.offset, limit: PAGE_SIZE })}`).then((r) => r.json()),
+    fetch("/tenants").then((r) => r.json()),
   ]);
+  const names = Object.keys(shares).sort();
+  $("shares").textContent = names.length ? names.map((n) => `${n}=${shares[n]}`).join(" · ") : "none";
   state.writable = summary.writable;
   $("mode").textContent = summary.describe ? `${summary.mode} (${summary.describe})` : summary.mode;
   const health = $("health");
@@ -129,9 +132,9 @@ async function refresh() {
   $("refused").textContent = summary.refused_last_minute;
   $("hosts").textContent = summary.hosts;
   state.total = table.total;
-  const names = table.hosts.map((h) => h.host);
-  const history = names.length
-    ? await fetch(`/history?hosts=${names.map(encodeURIComponent).join(",")}`).then((r) => r.json())
+  const hosts = table.hosts.map((h) => h.host);
+  const history = hosts.length
+    ? await fetch(`/history?hosts=${hosts.map(encodeURIComponent).join(",")}`).then((r) => r.json())
     : {};
   const rows = $("rows");
   rows.replaceChildren(...table.hosts.map((h) => row(h, history[h.host])));
@@ -145,6 +148,9 @@ async function refresh() {
 }
 
 function notice() {
+  const unlocked = state.writable && token() !== "";
+  $("share").hidden = !unlocked;
+  $("tenants").hidden = !unlocked && $("shares").textContent === "none";
   const el = $("notice");
   if (!state.writable) {
     el.textContent = "Read-only: this proxy has no --admin-token, so the console cannot change limits.";
@@ -191,6 +197,19 @@ $("prev").addEventListener("click", () => {
 });
 $("next").addEventListener("click", () => {
   state.offset += PAGE_SIZE;
+  refresh();
+});
+$("share").addEventListener("click", async () => {
+  const answer = window.prompt("Tenant share as NAME=WEIGHT or NAME=WEIGHT:max=N% (NAME= removes it)");
+  if (!answer || !answer.includes("=")) return;
+  const [name, share] = [answer.slice(0, answer.indexOf("=")).trim(), answer.slice(answer.indexOf("=") + 1).trim()];
+  const response = await fetch(`/tenants/${encodeURIComponent(name)}`, {
+    method: share ? "PUT" : "DELETE",
+    headers: { Authorization: `Bearer ${token()}`, "X-Dprl-Source": "console" },
+    body: share || undefined,
+  });
+  state.flash = response.ok ? `share of tenant ${name} changed` : `not changed: ${await response.text()}`;
+  setTimeout(() => (state.flash = ""), 10000);
   refresh();
 });
 $("unlock").addEventListener("click", () => {

@@ -261,6 +261,8 @@ class MachineAdmin:
             status, body, kind = _json(200, json.dumps(document).encode() + b"\n")
         elif path == "/limits" or path.startswith("/limits/"):
             status, body, kind = self._forward(request, method, urls)
+        elif path == "/tenants" or path.startswith("/tenants/"):  # each worker's own, in every mode
+            status, body, kind = self._forward(request, method, urls, everywhere=True)
         else:
             status, body, kind = _text(404, b"not found: try /metrics, /healthz, /readyz, /hosts or /parents\n")
         request.send_response(status)
@@ -283,8 +285,11 @@ class MachineAdmin:
                 return _text(503, body)
         return _text(200, b"ready\n")
 
-    def _forward(self, request: BaseHTTPRequestHandler, method: str, urls: list[str]) -> Answer:
-        """Limits: one worker answers for all; in local mode every worker takes each write."""
+    def _forward(
+        self, request: BaseHTTPRequestHandler, method: str, urls: list[str], everywhere: bool = False
+    ) -> Answer:
+        """Limits: one worker answers for all; in local mode (or ``everywhere``: tenant
+        shares, never stored in Redis) every worker takes each write."""
         if not urls:
             return _text(503, b"no worker running\n")
         if method != "GET":
@@ -296,7 +301,7 @@ class MachineAdmin:
         data = request.rfile.read(length) if length else None
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "x-dprl-source")}
         # the worker sees the supervisor's loopback address: the header carries the token on
-        if method == "GET" or not self.local:
+        if method == "GET" or not (self.local or everywhere):
             status, body = self._fetch(urls[0] + request.path, method, data, headers)
         else:
             with self._journal_lock:

@@ -118,6 +118,10 @@ def test_the_console_shows_the_cap_sorts_filters_and_changes_a_limit_with_the_to
         browser.evaluate(f"{_row(full)}.querySelector('button').click()")
         browser.wait("document.getElementById('notice').textContent.includes('rate of')", what="the rate set")
         browser.wait(f"{_row(full)} && {_row(full)}.children[4].textContent === '50/s'", what="the rate shown")
+        browser.evaluate("window.prompt = () => 'batch=1:max=50%'")  # a tenant share, from the page
+        browser.evaluate("document.getElementById('share').click()")
+        browser.wait("document.getElementById('shares').textContent === 'batch=1:max=50%'", what="the share shown")
+        assert {k: str(v) for k, v in proxy.tenant_shares().items()} == {"batch": "1:max=50%"}
         assert not browser.dialogs and not browser.console_errors
     finally:
         for sock in held:
@@ -207,3 +211,21 @@ def test_under_workers_the_supervisor_serves_the_machines_page(browser: Browser,
         for sock in held:
             sock.close()
         assert proc.stop(timeout=30) == 0
+
+
+def test_tenant_shares_change_through_the_admin_listener_with_the_token(
+    make_proxy: Callable[..., ProxyRateLimiter], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dprl.test")
+    proxy = make_proxy(3, admin_port=free_port(), admin_token=TOKEN, tenant_shares={"a": "3"})
+    url, auth = f"{proxy.admin_url}/tenants", {"Authorization": f"Bearer {TOKEN}"}
+    assert requests.get(url, timeout=5).json() == {"a": "3"}
+    assert requests.put(f"{url}/b", data="1", timeout=5).status_code == 403  # no token
+    assert requests.put(f"{url}/b", data="0", headers=auth, timeout=5).status_code == 400
+    assert requests.put(f"{url}/b", data="1:max=50%", headers=auth, timeout=5).json() == {"a": "3", "b": "1:max=50%"}
+    assert requests.delete(f"{url}/a", headers=auth, timeout=5).json() == {"b": "1:max=50%"}
+    changes = [r.getMessage() for r in caplog.records if "tenant share changed" in r.getMessage()]
+    assert changes == [
+        "tenant share changed by admin client 127.0.0.1: b=1:max=50%",
+        "tenant share changed by admin client 127.0.0.1: a removed",
+    ]
