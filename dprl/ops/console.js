@@ -91,7 +91,10 @@ function row(host, history) {
   const next = host.next_token_in;
   tr.appendChild(text("td", next === undefined ? "–" : next ? `${next.toFixed(2)} s` : "now"));
   tr.appendChild(text("td", host.opened_per_s));
-  tr.appendChild(text("td", host.refused_last_minute));
+  const refused = text("td", host.refused_last_minute, "refused");
+  const reasons = Object.entries(host.refusals || {}).map(([reason, n]) => `${reason} ${n}`);
+  if (reasons.length) refused.title = `since the start: ${reasons.join(", ")}`;
+  tr.appendChild(refused);
   const spark = document.createElement("td");
   spark.appendChild(sparkline(history));
   tr.appendChild(spark);

@@ -224,6 +224,9 @@ def host_row(snapshot: Snapshot, key: HostKey) -> dict[str, object]:
         "refused_last_minute": snapshot.refused_recently(key),
         "limit_from": snapshot.host_limits.limit_source(key),
     }
+    counters = snapshot.counters.get(key)
+    if counters is not None and counters.refusals:
+        row["refusals"] = dict(counters.refusals)  # by reason, since the start (the console's tooltip)
     rate = snapshot.rate_for(key)
     if rate is not None:
         row["rate"] = str(rate)

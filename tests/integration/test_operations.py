@@ -285,7 +285,7 @@ def test_redis_metrics_readiness_and_status(own_redis: RedisServer, holding: Hol
         row = requests.get(f"{proxy.admin_url}/hosts/{key}", timeout=5).json()
         assert row == {
             **{"host": key, "limit": 2, "open": 2, "waiting": 0, "fleet_open": 2, "refused_last_minute": 1},
-            "limit_from": "default",
+            **{"limit_from": "default", "refusals": {"limit": 1}},
         }
 
         status = subprocess.run(
