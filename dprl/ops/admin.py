@@ -133,7 +133,8 @@ class AdminServer:
             body, _ = self._render(lambda shot: Rendered(_json(self._summary(shot)), _JSON))
             return _reply(start_response, 200, body, _JSON)
         if path == "/history":
-            keys = [k for k in unquote(environ.get("QUERY_STRING", "")).removeprefix("hosts=").split(",") if k]
+            listed = environ.get("QUERY_STRING", "").removeprefix("hosts=").split(",")
+            keys = [unquote(k) for k in listed if k]  # split first: a name may hold an encoded comma
             return _reply(start_response, 200, _json(self.history.of(keys[: console.MAX_PAGE])), _JSON)
         if path == "/parents":
             body, _ = self._render(lambda shot: Rendered(_json({"parents": shot.parents}), _JSON))

@@ -229,3 +229,27 @@ def test_tenant_shares_change_through_the_admin_listener_with_the_token(
         "tenant share changed by admin client 127.0.0.1: b=1:max=50%",
         "tenant share changed by admin client 127.0.0.1: a removed",
     ]
+
+
+def test_each_hosts_history_is_sampled_every_five_seconds(
+    origins: list[HoldingServer], make_proxy: Callable[..., ProxyRateLimiter]
+) -> None:
+    """The sparklines' data: a host's in use and refusals, one sample every 5 s."""
+    proxy = make_proxy(2, admin_port=free_port())
+    target = f"127.0.0.1:{origins[0].port}"
+    held = [proxy_connect(proxy, target)[0] for _ in range(2)]
+    refused, head = proxy_connect(proxy, target)  # at the cap: one refusal
+    refused.close()
+    assert head.startswith(b"HTTP/1.1 500")
+    try:
+        url = f"{proxy.admin_url}/history?hosts={target},never.example"
+        wait_for(lambda: len(requests.get(url, timeout=5).json().get(target, {}).get("t", [])) >= 2, 12, "two samples")
+        line = requests.get(url, timeout=5).json()
+        assert list(line) == [target]  # a host never seen has no line
+        assert line[target]["open"][-1] == 2 and sum(line[target]["refused"]) == 0  # refused before the 1st sample
+        assert 4 <= line[target]["t"][-1] - line[target]["t"][-2] <= 6
+        rows = requests.get(f"{proxy.admin_url}/hosts?sort=opened_per_s", timeout=5).json()["hosts"]
+        assert rows[0]["host"] == target and "opened_per_s" in rows[0]
+    finally:
+        for sock in held:
+            sock.close()
