@@ -42,7 +42,18 @@ def _exercise(proc: ProxyProcess, admin_port: int, upstream_port: int, redis_url
             with pytest.raises(requests.RequestException):  # nothing listens upstream: 502, or a refusal
                 requests.get(f"http://127.0.0.1:{upstream_port}/x", proxies=proxies, timeout=10).raise_for_status()
         requests.get(f"http://127.0.0.1:{upstream_port}/x", proxies={"http": proc.url}, timeout=10)  # 407
-        for path in ("/metrics", "/hosts", "/parents", "/readyz", "/healthz", f"/hosts/127.0.0.1:{upstream_port}"):
+        pages = (
+            "/metrics",
+            "/hosts",
+            "/parents",
+            "/summary",
+            "/tenants",
+            "/",
+            "/hosts?format=csv",
+            "/readyz",
+            "/healthz",
+        )
+        for path in (*pages, f"/hosts/127.0.0.1:{upstream_port}"):
             shown.append(requests.get(admin + path, timeout=10).text)
         shown.append(requests.put(f"{admin}/limits/api.example", json={"limit": 3}, timeout=10).text)
         shown.append(requests.put(f"{admin}/limits/x", headers={"Authorization": "Bearer wrong"}, timeout=10).text)
