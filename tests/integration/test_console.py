@@ -82,6 +82,7 @@ def test_the_console_shows_the_cap_sorts_filters_and_changes_a_limit_with_the_to
         assert browser.evaluate(f"{_row(light)}.className") == ""
         assert "Read-only" in browser.evaluate("document.getElementById('notice').textContent")
         assert browser.evaluate(f"{_row(full)}.querySelector('button')") is None  # nothing to press
+        assert browser.evaluate("getComputedStyle(document.getElementById('tenants')).display") == "none"
 
         order = "[...document.querySelectorAll('#rows tr')].map(r => r.dataset.host)"
         assert browser.evaluate(order) == [full, light]  # busiest first
