@@ -90,18 +90,18 @@ class AdminServer:
             gevent.sleep(console.STEP)
 
     def _summary(self, shot: snapshot.Snapshot) -> dict[str, object]:
-        """The console's header: mode, where the counts live, uptime and totals."""
-        rows = host_rows(shot)
+        """The console's header: mode, where the counts live, uptime and totals (sums of the
+        snapshot's counts: no row is built)."""
         return {
             "mode": shot.mode,
             "describe": self.proxy.limiter.describe(),
             "uptime": round(time.time() - self.started, 1),
             "clients": shot.clients,
-            "hosts": len(rows),
-            "open": sum(int(r["open"]) for r in rows),  # type: ignore[call-overload]
-            "fleet_open": sum(int(r.get("fleet_open", 0)) for r in rows) if shot.fleet is not None else None,  # type: ignore[call-overload]
-            "waiting": sum(int(r["waiting"]) for r in rows),  # type: ignore[call-overload]
-            "refused_last_minute": sum(int(r["refused_last_minute"]) for r in rows),  # type: ignore[call-overload]
+            "hosts": len(shot.listed_hosts()),
+            "open": sum(shot.open.values()),
+            "fleet_open": sum(shot.fleet.values()) if shot.fleet is not None else None,
+            "waiting": sum(shot.waiting.values()),
+            "refused_last_minute": sum(c.refused_recently(shot.taken) for c in shot.counters.values()),
             "backend_up": shot.backend_up,
             "writable": bool(self.proxy.settings.admin_token),
         }
@@ -281,12 +281,39 @@ def write_refusal(token: str, authorization: str, remote: str, bind: str) -> str
 
 def _hosts_table(shot: snapshot.Snapshot, query: console.TableQuery, rates: dict[str, tuple[float, float]]) -> Rendered:
     """/hosts as the console asks for it: sorted, filtered and one page of it (JSON with the
-    total), or every matching row as CSV."""
-    rows = host_rows(shot)
-    for row in rows:
-        opened, refused = rates.get(str(row["host"]), (0.0, 0.0))
+    total), or every matching row as CSV. Hosts are ordered by key; rows are built for the
+    page alone."""
+    open_, fleet, limits = shot.open, shot.fleet or {}, shot.limits
+
+    def limit_of(key: str) -> int:  # a host's own limit is in the snapshot: no policy to work out
+        own = limits.get(key)
+        return own if own is not None else shot.limit_for(key)
+
+    def value(key: str, sort: str) -> object:
+        in_use = max(open_.get(key, 0), fleet.get(key, 0))
+        if sort in ("open", "use"):
+            limit = limit_of(key)
+            return in_use if sort == "open" else (in_use / limit if limit else -1.0)
+        if sort == "limit":
+            return limit_of(key)
+        if sort == "waiting":
+            return shot.waiting.get(key, 0)
+        if sort == "refused_last_minute":
+            return shot.refused_recently(key)
+        if sort == "opened_per_s":
+            return rates.get(key, (0.0, 0.0))[0]
+        if sort == "rate":
+            rate = shot.rate_for(key)
+            return rate.per_second if rate is not None else -1.0
+        return key  # "host"
+
+    total, keys = query.pick(shot.listed_hosts(), value)
+    page = []
+    for key in keys:
+        row = host_row(shot, key)
+        opened, refused = rates.get(key, (0.0, 0.0))
         row["opened_per_s"], row["refused_per_s"] = round(opened, 2), round(refused, 2)
-    total, page = query.select(rows)
+        page.append(row)
     if query.csv:
         return Rendered(console.csv_text(page).encode(), "text/csv; charset=utf-8")
     document = {"mode": shot.mode, "default_limit": shot.default_limit, "total": total, "offset": query.offset}

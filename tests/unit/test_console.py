@@ -51,3 +51,12 @@ def test_history_keeps_five_minutes_per_host_and_forgets_quiet_ones() -> None:
     later = 1000.0 + (2 * SAMPLES + 20) * STEP
     history.sample(stats, {}, later)  # b quiet for more than 5 minutes: gone
     assert "b.example" not in history.hosts
+
+
+def test_pick_orders_host_keys_by_a_value_and_pages_them() -> None:
+    use = {"a.example": 1.0, "b.example": 0.2, "c.example": 0.6}
+    query = TableQuery.parse("sort=use&limit=2")
+    assert query.pick(use, lambda key, sort: use[key]) == (3, ["a.example", "c.example"])
+    assert TableQuery.parse("sort=use&q=B").pick(use, lambda key, sort: use[key]) == (1, ["b.example"])
+    ascending = TableQuery.parse("sort=host&offset=1")
+    assert ascending.pick(use, lambda key, sort: key) == (3, ["b.example", "c.example"])
