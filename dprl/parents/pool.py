@@ -84,12 +84,12 @@ class Pool:
 
 
 def _carried(old: ParentState | None, spec: ParentSpec) -> ParentState:
-    if old is None or old.spec != spec:
-        state = ParentState(spec)
-        if old is not None:  # the same address with new settings: its live counts go on
-            state.in_use, state.failures, state.ejected_until = old.in_use, old.failures, old.ejected_until
-            state.failures_by_reason, state.backoff, state.probing = old.failures_by_reason, old.backoff, old.probing
-        return state
+    """The state of a parent kept across a reload: the same object, with its new settings.
+    Connections open through it and a probe under way hold that object and go on counting
+    into it."""
+    if old is None:
+        return ParentState(spec)
+    old.spec = spec
     return old
 
 
@@ -111,10 +111,6 @@ class Parents:
     def replace(self, pools: Mapping[str, PoolSpec], routes: Mapping[str, str]) -> None:
         self.pools = {name: Pool(spec, self.pools.get(name)) for name, spec in pools.items()}
         self.routes = dict(routes)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.routes) and any(pool != DIRECT for pool in self.routes.values())
 
     def pool_for(self, key: HostKey) -> Pool | None:
         """The pool that carries connections to ``key`` (None: dialled directly)."""

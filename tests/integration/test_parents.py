@@ -28,10 +28,12 @@ from ..support.proxy_process import ProxyProcess, run_dprl
 from ..support.redis_server import RedisServer
 from ..support.upstream import CountingUpstream, EchoServer, HoldingServer
 
+CREDENTIALS = "scraper:s3cret"  # the tinyproxy fixture's
+
 
 @pytest.fixture
 def tinyproxy(tmp_path: Path) -> Iterator[TinyProxy]:
-    parent = TinyProxy(tmp_path, "scraper", "s3cret")
+    parent = TinyProxy(tmp_path, *CREDENTIALS.split(":"))
     yield parent
     parent.stop()
 
@@ -62,7 +64,7 @@ def test_each_kind_of_parent_carries_connect_and_plain_http(
     credentials come from its URL, and the client's never reach the destination."""
     parents: list[TinyProxy | Dante] = []
     if kind == "tinyproxy":
-        parents.append(TinyProxy(tmp_path, "scraper", "s3cret"))
+        parents.append(TinyProxy(tmp_path, *CREDENTIALS.split(":")))
         url = parents[0].url
     elif kind.startswith("dante"):
         parents.append(Dante(tmp_path))
@@ -95,8 +97,7 @@ def test_round_robin_spreads_evenly_and_destination_hash_sticks(
     origins = [EchoServer() for _ in range(6)]
     try:
         spread = [relays(tinyproxy.port) for _ in range(3)]
-        credentials = "scraper:s3cret@"
-        urls = ",".join(r.url().replace("://", f"://{credentials}") for r in spread)
+        urls = ",".join(r.url(userinfo=CREDENTIALS) for r in spread)
         proxy = make_proxy(10, parent_pools={"rr": urls}, routes={"*": "rr"})
         for i in range(30):
             sock, head = connect_through(proxy.port, f"127.0.0.1:{origins[0].port}", f"rr-{i};".encode())
@@ -106,7 +107,7 @@ def test_round_robin_spreads_evenly_and_destination_hash_sticks(
         assert all(9 <= r.accepted <= 11 for r in spread), [r.accepted for r in spread]
 
         sticky = [relays(tinyproxy.port) for _ in range(3)]
-        urls = ",".join(r.url().replace("://", f"://{credentials}") for r in sticky) + ",select=destination-hash"
+        urls = ",".join(r.url(userinfo=CREDENTIALS) for r in sticky) + ",select=destination-hash"
         proxy.set_parent_pool("rr", urls)
         for round_ in range(4):
             for n, origin in enumerate(origins):
@@ -129,7 +130,7 @@ def test_least_connections_sends_new_tunnels_to_the_parent_with_fewest_open(
     holding = HoldingServer()
     try:
         a, b = relays(tinyproxy.port), relays(tinyproxy.port)
-        urls = ",".join(r.url().replace("://", "://scraper:s3cret@") for r in (a, b)) + ",select=least-connections"
+        urls = ",".join(r.url(userinfo=CREDENTIALS) for r in (a, b)) + ",select=least-connections"
         proxy = make_proxy(20, parent_pools={"lc": urls}, routes={"*": "lc"})
         target = f"127.0.0.1:{holding.port}"
         held = {f"h{i};": connect_through(proxy.port, target, f"h{i};".encode())[0] for i in range(6)}
@@ -157,7 +158,7 @@ def test_a_parents_cap_holds_fleet_wide_over_three_redis_workers(
     whatever the workers do; with both at their cap a fifth tunnel is refused, naming the pool."""
     holding = HoldingServer()
     a, b = relays(tinyproxy.port), relays(tinyproxy.port)
-    urls = ",".join(r.url("?max=2").replace("://", "://scraper:s3cret@") for r in (a, b))
+    urls = ",".join(r.url("?max=2", CREDENTIALS) for r in (a, b))
     workers = [
         DistributedProxyRateLimiter(
             port=0,
@@ -380,7 +381,7 @@ def test_an_https_parent_carries_a_tunnel_and_plain_http_over_verified_tls(
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     try:
-        url = front.url().replace("://", "://scraper:s3cret@")
+        url = front.url(userinfo=CREDENTIALS)
         proxy = make_proxy(10, parent_pools={"tls": url}, routes={"*": "tls"}, parent_ca_file=str(ca_file))
         with requests.Session() as session:
             session.proxies = {"https": proxy.proxy_url}
@@ -412,7 +413,7 @@ def test_workers_share_a_parents_cap_and_sighup_reroutes(
     holding = HoldingServer()
     relay = relays(tinyproxy.port)
     ini = tmp_path / "dprl.ini"
-    pool = relay.url("?max=2").replace("://", "://scraper:s3cret@")
+    pool = relay.url("?max=2", CREDENTIALS)
     ini.write_text(f"[parent-pools]\np = {pool}\n[routes]\n* = p\n")
     proc = ProxyProcess("--workers", "2", "--config", str(ini), "--shutdown-timeout", "2")
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .network import free_port, proxy_connect, wait_for
+from .upstream import RawOrigin
 
 
 def _wait_listening(port: int, proc: subprocess.Popen, what: str) -> None:
@@ -115,77 +116,64 @@ class Dante(ParentProcess):
         return ["danted", "-f", str(conf), "-N", "1"]
 
 
-class CountingRelay:
+class CountingRelay(RawOrigin):
     """A TCP relay to ``target_port`` (a parent): its ``url`` stands for the parent. Counts
     connections open now, at most, and in all, and keeps the first 4 KiB each client sent."""
 
     def __init__(self, target_port: int, scheme: str = "http") -> None:
         self.target_port, self.scheme = target_port, scheme
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.active = self.max_active = self.accepted = 0
         self.seen: list[bytearray] = []  # what each connection's client sent first
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def url(self, query: str = "") -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{query}"
+    def url(self, query: str = "", userinfo: str = "") -> str:
+        """The parent's URL; ``userinfo`` (``user:password``) goes before its address."""
+        auth = f"{userinfo}@" if userinfo else ""
+        return f"{self.scheme}://{auth}127.0.0.1:{self.port}{query}"
 
     def carried(self, token: bytes) -> bool:
         """Whether a connection through here carried ``token``."""
         with self._lock:
             return any(token in seen for seen in self.seen)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-        except OSError:
-            client.close()
-            return
-        seen = bytearray()
-        with self._lock:
-            self.accepted += 1
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            self.seen.append(seen)
-            self._socks |= {client, server}
-        done = threading.Event()
-
-        def carry(src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
-            with contextlib.suppress(OSError):
-                while data := src.recv(65536):
-                    if record is not None and len(record) < 4096:
-                        record += data
-                    dst.sendall(data)
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-            if done.is_set():
-                with self._lock:
-                    self.active -= 1
-                    self._socks -= {client, server}
-                client.close()
-                server.close()
-            done.set()
-
-        threading.Thread(target=carry, args=(server, client, None), daemon=True).start()
-        carry(client, server, seen)
+    def serve(self, conn: socket.socket, index: int) -> None:
+        """Both directions until each has ended (a half-close is passed on)."""
+        with socket.create_connection(("127.0.0.1", self.target_port)) as server:
+            seen = bytearray()
+            with self._lock:
+                self.accepted += 1
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+                self.seen.append(seen)
+                self._socks |= {conn, server}
+            back = threading.Thread(target=_carry, args=(server, conn, None), daemon=True)
+            back.start()
+            _carry(conn, server, seen)
+            back.join()
+            with self._lock:
+                self.active -= 1
+                self._socks -= {conn, server}
 
     def close(self) -> None:
-        self.listener.close()
+        super().close()
         with self._lock:
             socks = list(self._socks)
         for sock in socks:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _carry(src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
+    """Bytes from ``src`` to ``dst`` until ``src`` ends; the first 4 KiB into ``record``."""
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            if record is not None and len(record) < 4096:
+                record += data
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
 
 
 def connect_through(port: int, target: str, token: bytes = b"") -> tuple[socket.socket, bytes]:
@@ -209,12 +197,8 @@ class TlsFront(CountingRelay):
         self.context = context
         super().__init__(target_port, "https")
 
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            client.settimeout(10)
-            wrapped = self.context.wrap_socket(client, server_side=True)
+    def serve(self, conn: socket.socket, index: int) -> None:
+        conn.settimeout(10)
+        with self.context.wrap_socket(conn, server_side=True) as wrapped:  # a failed handshake: OSError
             wrapped.settimeout(None)
-        except (OSError, ssl.SSLError):
-            client.close()
-            return
-        super()._serve(wrapped)
+            super().serve(wrapped, index)
