@@ -60,8 +60,11 @@ def through(
     offered = pool.offer(key)
     failures: list[str] = []
     at_cap = 0
+    resolved = None  # the destination's address for socks5:// parents: resolved once, here
     for parent in _tries(offered):
         spec = parent.spec
+        if spec.scheme == "socks5" and resolved is None:
+            resolved = _resolved(to, resolve, allowed)  # a failure is the destination's, not a parent's
         slot = None
         if spec.max_connections:
             try:
@@ -73,9 +76,6 @@ def through(
         endpoint = None
         try:
             deadline = time.monotonic() + timeout
-            address = None  # a socks5:// parent is given the destination's address, resolved here
-            if spec.scheme == "socks5":
-                address = _resolved(to, resolve, allowed)  # its failure is the destination's, not the parent's
             endpoint = Endpoint(dial(spec.host, spec.port, timeout), "upstream")
             if spec.scheme == "https":
                 endpoint = wrap_tls(endpoint, spec.host, deadline, ca_file)
@@ -84,7 +84,7 @@ def through(
             else:
                 authorization = basic_credentials(spec.username, spec.password) if spec.username else ""
             if spec.scheme.startswith("socks5"):
-                socks5_connect(endpoint, spec, to, address, deadline)
+                socks5_connect(endpoint, spec, to, resolved if spec.scheme == "socks5" else None, deadline)
             elif tunnel:
                 http_connect(endpoint, spec, to, authorization, deadline)
             else:  # plain HTTP to an HTTP(S) parent: its requests name the destination themselves
@@ -92,8 +92,6 @@ def through(
                 return Via(endpoint, parent, slot, True, authorization)
         except (UpstreamError, HandshakeFailed, TlsFailed) as exc:
             _give_up(parent, slot, endpoint)
-            if endpoint is None and address is None and spec.scheme == "socks5":
-                raise  # the destination did not resolve, or is denied: no parent is to blame
             kind = exc.reason if isinstance(exc, (HandshakeFailed, TlsFailed)) else "connect"
             health.failed(parent, kind, str(exc))
             failures.append(f"{spec.label}: {exc}")

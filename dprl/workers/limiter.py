@@ -98,12 +98,9 @@ class MachineLimiter(MemoryLimiter):
 
     def tenant_counts(self, key: HostKey) -> dict[str, int]:
         """The machine's counts (every worker's), from the table."""
-        counts = {}
-        for name in self.tenants.names:
-            held = self.table.total(tenant_key(name, key))
-            if held:
-                counts[name] = held
-        return counts
+        names = self.tenants.names
+        held = self.table.totals_of([tenant_key(name, key) for name in names])
+        return {name: n for name, n in zip(names, held, strict=True) if n}
 
     def tenant_hosts(self) -> Iterable[HostKey]:
         return {split_tenant_key(line)[1] for line in self.table.totals() if line.startswith(TENANT)}

@@ -331,6 +331,11 @@ class SlotTable:
         with self._locked():
             return self._total(self._find(key))
 
+    def totals_of(self, keys: Sequence[str]) -> list[int]:
+        """The machine's counts of ``keys``, read under one lock (every tenant's at a host)."""
+        with self._locked():
+            return [self._total(self._find(key)) for key in keys]
+
     def totals(self, column: int | None = None) -> dict[str, int]:
         """Open connections per line: of the machine, or of one worker's ``column``."""
         counts: dict[str, int] = {}
